@@ -1,0 +1,207 @@
+//! Configuration of a replica: environment variables, flags, and their validation.
+//!
+//! `SOCKET_ADDRESS` and `VIEW` come from the environment (the reference deployment passes
+//! nothing else); every flag overrides its variable. A missing or malformed address or view
+//! is an error before anything starts.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::causal::Addr;
+
+/// Errors in the configuration.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("no socket address: set SOCKET_ADDRESS or pass --listen IP:PORT")]
+    MissingAddress,
+    #[error("no view: set VIEW or pass --view IP:PORT,IP:PORT,...")]
+    MissingView,
+    #[error("{what} {value:?} is not an IP:PORT socket address")]
+    BadAddress { what: &'static str, value: String },
+}
+
+/// `causalkv serve` options.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// This replica's socket address, IP:PORT, as the others reach it.
+    #[arg(long, env = "SOCKET_ADDRESS")]
+    pub listen: Option<String>,
+    /// Every replica of the cluster, comma-separated, this one included.
+    #[arg(long, env = "VIEW")]
+    pub view: Option<String>,
+    /// Address to bind [default: the listen address if it is loopback, else 0.0.0.0 with
+    /// its port].
+    #[arg(long)]
+    pub bind: Option<String>,
+    /// Longest wait for a request's causal dependencies before answering 503.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub causal_wait: Duration,
+    /// Longest wait for a peer to acknowledge replicated writes.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub replication_timeout: Duration,
+    /// How often peers are probed.
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// A peer that answers no probe for this long leaves the view.
+    #[arg(long, default_value = "1500ms", value_parser = humantime::parse_duration)]
+    pub failure_timeout: Duration,
+    /// A peer that left returns only after answering every probe for this long.
+    #[arg(long, default_value = "2500ms", value_parser = humantime::parse_duration)]
+    pub stability_period: Duration,
+    /// Shortest time between two anti-entropy pulls from one peer (waiting requests and
+    /// re-admissions pull at once).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub anti_entropy_interval: Duration,
+    /// Largest request body a client may send; larger ones get 413.
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Most replicated writes waiting for their dependencies.
+    #[arg(long, default_value_t = 100_000)]
+    pub delivery_buffer: usize,
+    /// Most writes queued for one peer; past it, the peer catches up by anti-entropy.
+    #[arg(long, default_value_t = 65_536)]
+    pub peer_queue: usize,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub me: Addr,
+    pub view: Vec<Addr>,
+    pub bind: SocketAddr,
+    pub causal_wait: Duration,
+    pub replication_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub failure_timeout: Duration,
+    pub stability_period: Duration,
+    pub anti_entropy_interval: Duration,
+    pub max_body_bytes: usize,
+    pub delivery_buffer: usize,
+    pub peer_queue: usize,
+}
+
+impl ServeArgs {
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        let listen = self.listen.as_deref().ok_or(ConfigError::MissingAddress)?;
+        let me = parse_addr("socket address", listen)?;
+        let view_text = self.view.as_deref().ok_or(ConfigError::MissingView)?;
+        let mut view = parse_view(view_text)?;
+        let me_addr = Addr::from(me.to_string());
+        if !view.contains(&me_addr) {
+            view.push(me_addr.clone());
+        }
+        let bind = match &self.bind {
+            Some(text) => parse_addr("bind address", text)?,
+            None => default_bind(me),
+        };
+        Ok(Config {
+            me: me_addr,
+            view,
+            bind,
+            causal_wait: self.causal_wait,
+            replication_timeout: self.replication_timeout,
+            heartbeat_interval: self.heartbeat_interval,
+            failure_timeout: self.failure_timeout,
+            stability_period: self.stability_period,
+            anti_entropy_interval: self.anti_entropy_interval,
+            max_body_bytes: self.max_body_bytes,
+            delivery_buffer: self.delivery_buffer,
+            peer_queue: self.peer_queue,
+        })
+    }
+}
+
+/// Parses `IP:PORT` (no host names: a replica is named by its socket address).
+pub fn parse_addr(what: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.trim().parse().map_err(|_| ConfigError::BadAddress {
+        what,
+        value: text.to_string(),
+    })
+}
+
+/// Parses a comma-separated view into canonical, de-duplicated addresses.
+pub fn parse_view(text: &str) -> Result<Vec<Addr>, ConfigError> {
+    let mut view: Vec<Addr> = Vec::new();
+    for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+        let addr = Addr::from(parse_addr("view entry", part)?.to_string());
+        if !view.contains(&addr) {
+            view.push(addr);
+        }
+    }
+    if view.is_empty() {
+        return Err(ConfigError::MissingView);
+    }
+    Ok(view)
+}
+
+fn default_bind(me: SocketAddr) -> SocketAddr {
+    if me.ip().is_loopback() {
+        me
+    } else {
+        SocketAddr::from(([0, 0, 0, 0], me.port()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn args(list: &[&str]) -> ServeArgs {
+        Cli::parse_from(std::iter::once("x").chain(list.iter().copied())).serve
+    }
+
+    #[test]
+    fn parses_a_full_configuration() {
+        let config = args(&[
+            "--listen",
+            "10.10.0.2:8090",
+            "--view",
+            "10.10.0.2:8090, 10.10.0.3:8090",
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!(&*config.me, "10.10.0.2:8090");
+        assert_eq!(config.view.len(), 2);
+        assert_eq!(config.bind.to_string(), "0.0.0.0:8090");
+        assert_eq!(config.causal_wait, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn loopback_replicas_bind_to_their_own_address() {
+        let config = args(&["--listen", "127.0.0.1:9001", "--view", "127.0.0.1:9002"])
+            .validate()
+            .unwrap();
+        assert_eq!(config.bind.to_string(), "127.0.0.1:9001");
+        assert!(
+            config.view.contains(&Addr::from("127.0.0.1:9001")),
+            "self is added"
+        );
+    }
+
+    #[test]
+    fn refuses_bad_addresses() {
+        assert!(matches!(
+            args(&["--listen", "alice:8090", "--view", "10.0.0.1:1"]).validate(),
+            Err(ConfigError::BadAddress { .. })
+        ));
+        assert!(matches!(
+            args(&["--listen", "10.0.0.1:1", "--view", "10.0.0.1:1,nope"]).validate(),
+            Err(ConfigError::BadAddress { .. })
+        ));
+        assert_eq!(
+            args(&["--listen", "10.0.0.1:1", "--view", " , "])
+                .validate()
+                .unwrap_err(),
+            ConfigError::MissingView
+        );
+    }
+}

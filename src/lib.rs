@@ -1,0 +1,25 @@
+//! causalkv: a replicated, fault-tolerant, causally consistent key-value store.
+//!
+//! The crate is layered so that the causal core never touches a socket:
+//!
+//! * [`causal`]: write identities, vector clocks, the opaque client metadata;
+//! * [`store`], [`delivery`], [`replica`]: the state machine of one replica;
+//! * [`membership`]: the view and the failure detector, with time passed in;
+//! * [`node`], [`peer`], [`api`], [`wire`]: the server that moves messages between the
+//!   core, clients and peers;
+//! * [`config`], [`server`], [`cluster`]: the command line's `serve` and `cluster`.
+//!
+//! See `docs/ARCHITECTURE.md` for the data flow and the invariants.
+
+pub mod api;
+pub mod causal;
+pub mod cluster;
+pub mod config;
+pub mod delivery;
+pub mod membership;
+pub mod node;
+pub mod peer;
+pub mod replica;
+pub mod server;
+pub mod store;
+pub mod wire;

@@ -1,0 +1,361 @@
+//! The running replica: the causal core and the membership behind one lock, plus the tasks
+//! and links that connect them to clients and peers.
+//!
+//! # Locking
+//!
+//! All state lives in one `std::sync::Mutex<State>`, held only for short sections that
+//! never cross an `.await` (the pattern of mini-redis's `db.rs`): a core operation, a
+//! membership update, queueing writes on links. Network I/O always happens after the guard
+//! is dropped. A request waiting for its causal dependencies waits on a `Notify` that is
+//! signalled whenever the clock advances, never by polling.
+
+mod background;
+mod inbound;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+use crate::causal::{Addr, Clock, Dot};
+use crate::config::Config;
+use crate::delivery::Write;
+use crate::membership::{Change, Membership, Timing};
+use crate::peer::{LinkOwner, LinkSender, Outgoing, PeerClient, PeerError, spawn_link};
+use crate::replica::Replica;
+use crate::store::{Key, Read, Value};
+use crate::wire::{VIEW_CHANGE, ViewChange, ViewOp};
+
+pub use background::start;
+
+/// Errors of the node layer (the API maps each to a status).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NodeError {
+    #[error("Causal dependencies not satisfied; try again later")]
+    CausalTimeout,
+    #[error("sender {0} is not in this replica's view")]
+    NotInView(Addr),
+}
+
+/// The answer to a read or delete of a key that holds no value.
+#[derive(Debug)]
+pub struct Missing {
+    pub metadata: Clock,
+}
+
+/// A successful read.
+#[derive(Debug)]
+pub struct Found {
+    pub value: Value,
+    pub metadata: Clock,
+}
+
+/// A successful put or delete.
+#[derive(Debug)]
+pub struct Written {
+    pub existed: bool,
+    pub metadata: Clock,
+}
+
+pub(crate) struct State {
+    pub replica: Replica,
+    pub members: Membership,
+    links: HashMap<Addr, LinkSender>,
+    pulling: HashSet<Addr>,
+    probing: HashSet<Addr>,
+    last_pull: HashMap<Addr, Instant>,
+}
+
+pub struct Node {
+    pub config: Config,
+    state: Mutex<State>,
+    /// Signalled whenever the clock advances or the replica becomes ready.
+    applied: Notify,
+    client: PeerClient,
+    me: Addr,
+    this: std::sync::Weak<Node>,
+}
+
+impl Node {
+    pub fn new(config: Config) -> Result<Arc<Node>, reqwest::Error> {
+        let client = PeerClient::new()?;
+        let timing = Timing {
+            failure_timeout: config.failure_timeout,
+            stability_period: config.stability_period,
+        };
+        let state = State {
+            replica: Replica::new(config.me.clone(), config.delivery_buffer),
+            members: Membership::new(config.me.clone(), config.view.iter().cloned(), timing),
+            links: HashMap::new(),
+            pulling: HashSet::new(),
+            probing: HashSet::new(),
+            last_pull: HashMap::new(),
+        };
+        Ok(Arc::new_cyclic(|this| Node {
+            me: config.me.clone(),
+            config,
+            state: Mutex::new(state),
+            applied: Notify::new(),
+            client,
+            this: this.clone(),
+        }))
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug; the state it guards is still the best
+        // this replica has, so keep serving rather than poisoning every later request.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn arc(&self) -> Option<Arc<Node>> {
+        self.this.upgrade()
+    }
+
+    /// The current view, sorted.
+    pub fn view(&self) -> Vec<Addr> {
+        self.lock().members.view()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.lock().replica.is_ready()
+    }
+
+    /// Waits, at most the configured causal wait, until every write in `deps` is applied.
+    /// Missing writes are pulled from the replicas in the view meanwhile.
+    pub async fn wait_for(&self, deps: &Clock) -> Result<(), NodeError> {
+        let deadline = Instant::now() + self.config.causal_wait;
+        let mut pulled = false;
+        loop {
+            let notified = self.applied.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.lock().replica.satisfies(deps) {
+                return Ok(());
+            }
+            if !pulled {
+                pulled = true;
+                self.pull_from_view(true);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(NodeError::CausalTimeout);
+            }
+        }
+    }
+
+    pub(crate) fn clock_advanced(&self) {
+        self.applied.notify_waiters();
+    }
+
+    /// `GET /kvs/<key>`.
+    pub async fn get(&self, key: &str, deps: &Clock) -> Result<Result<Found, Missing>, NodeError> {
+        self.wait_for(deps).await?;
+        let state = self.lock();
+        let replica = &state.replica;
+        Ok(match replica.read(key) {
+            Read::Found { value, dot } => Ok(Found {
+                value: value.clone(),
+                metadata: replica.metadata_with(deps, Some(dot)),
+            }),
+            read => Err(Missing {
+                metadata: replica.metadata_with(deps, deleted_by(&read)),
+            }),
+        })
+    }
+
+    /// `PUT /kvs/<key>`.
+    pub async fn put(&self, key: Key, value: Value, deps: &Clock) -> Result<Written, NodeError> {
+        self.wait_for(deps).await?;
+        self.write(key, Some(value), deps).await
+    }
+
+    /// `DELETE /kvs/<key>`.
+    pub async fn delete(
+        &self,
+        key: Key,
+        deps: &Clock,
+    ) -> Result<Result<Written, Missing>, NodeError> {
+        self.wait_for(deps).await?;
+        {
+            let state = self.lock();
+            let read = state.replica.read(&key);
+            if !matches!(read, Read::Found { .. }) {
+                let metadata = state.replica.metadata_with(deps, deleted_by(&read));
+                return Ok(Err(Missing { metadata }));
+            }
+        }
+        Ok(Ok(self.write(key, None, deps).await?))
+    }
+
+    /// Applies a local write, queues it on every link in the view, and waits (bounded) for
+    /// the peers' acknowledgements.
+    async fn write(
+        &self,
+        key: Key,
+        value: Option<Value>,
+        deps: &Clock,
+    ) -> Result<Written, NodeError> {
+        let (written, acks) = {
+            let mut state = self.lock();
+            // `wait_for` succeeded, so the replica is ready and this cannot fail.
+            let local = state
+                .replica
+                .write(key, value, deps)
+                .map_err(|_| NodeError::CausalTimeout)?;
+            let write = Arc::new(local.write);
+            let acks = state.queue_on_links(&write);
+            let written = Written {
+                existed: local.existed,
+                metadata: local.metadata,
+            };
+            (written, acks)
+        };
+        self.clock_advanced();
+        let deadline = Instant::now() + self.config.replication_timeout + ACK_SLACK;
+        for ack in acks {
+            let _ = tokio::time::timeout_at(deadline, ack).await;
+        }
+        Ok(written)
+    }
+
+    /// `PUT /view`: returns true when `addr` was added.
+    pub fn add_to_view(&self, addr: &Addr) -> bool {
+        let change = self.lock().members.add(addr, Instant::now().into_std());
+        let added = change.is_some();
+        self.apply_changes(change);
+        if added {
+            self.broadcast_view_change(ViewOp::Add, addr);
+        }
+        added
+    }
+
+    /// `DELETE /view`: returns false when `addr` was not in the view.
+    pub fn remove_from_view(&self, addr: &Addr) -> bool {
+        let (was_in_view, change) = {
+            let mut state = self.lock();
+            let was = state.members.in_view(addr);
+            (was, state.members.remove(addr, Instant::now().into_std()))
+        };
+        self.apply_changes(change);
+        if was_in_view {
+            self.broadcast_view_change(ViewOp::Remove, addr);
+        }
+        was_in_view
+    }
+
+    fn broadcast_view_change(&self, op: ViewOp, addr: &Addr) {
+        let targets: Vec<Addr> = self
+            .lock()
+            .members
+            .probe_targets()
+            .into_iter()
+            .filter(|p| p != addr)
+            .collect();
+        let message = Arc::new(ViewChange {
+            from: self.me.clone(),
+            op,
+            addr: addr.clone(),
+        });
+        for peer in targets {
+            let client = self.client.clone();
+            let message = message.clone();
+            let timeout = self.config.replication_timeout;
+            tokio::spawn(async move {
+                let result: Result<serde_json::Value, _> =
+                    client.post(&peer, VIEW_CHANGE, &*message, timeout).await;
+                if let Err(error) = result {
+                    tracing::warn!(%peer, %error, "could not pass a view change on");
+                }
+            });
+        }
+    }
+
+    /// Logs view changes and starts links and catch-up for replicas that joined.
+    pub(crate) fn apply_changes(&self, changes: impl IntoIterator<Item = Change>) {
+        for change in changes {
+            match change {
+                Change::Joined(peer, reason) => {
+                    tracing::info!(%peer, "replica joined the view: {reason}");
+                    self.ensure_link(&peer);
+                    self.pull(peer, true);
+                }
+                Change::Left(peer, reason) => {
+                    tracing::warn!(%peer, "replica left the view: {reason}");
+                }
+            }
+        }
+    }
+
+    fn ensure_link(&self, peer: &Addr) {
+        let Some(node) = self.arc() else { return };
+        let mut state = self.lock();
+        if !state.links.contains_key(peer) {
+            let link = spawn_link(node, peer.clone(), self.config.peer_queue);
+            state.links.insert(peer.clone(), link);
+        }
+    }
+}
+
+/// Extra time a writer waits past the replication timeout, for the link to report.
+const ACK_SLACK: Duration = Duration::from_millis(100);
+
+fn deleted_by<'a>(read: &Read<'a>) -> Option<&'a Dot> {
+    match read {
+        Read::Deleted { dot } => Some(dot),
+        _ => None,
+    }
+}
+
+impl State {
+    /// Queues `write` on the link of every peer in the view; returns the acknowledgements
+    /// to wait for. A full queue is skipped: that peer catches up by anti-entropy.
+    fn queue_on_links(&mut self, write: &Arc<Write>) -> Vec<oneshot::Receiver<()>> {
+        let mut acks = Vec::new();
+        for peer in self.members.up_peers() {
+            let Some(link) = self.links.get(&peer) else {
+                continue;
+            };
+            let (ack, done) = oneshot::channel();
+            let outgoing = Outgoing {
+                write: write.clone(),
+                ack: Some(ack),
+            };
+            if link.try_send(outgoing).is_ok() {
+                acks.push(done);
+            } else {
+                tracing::debug!(%peer, "replication queue full; peer will catch up by anti-entropy");
+            }
+        }
+        acks
+    }
+}
+
+impl LinkOwner for Node {
+    fn me(&self) -> &Addr {
+        &self.me
+    }
+
+    fn client(&self) -> &PeerClient {
+        &self.client
+    }
+
+    fn replication_timeout(&self) -> Duration {
+        self.config.replication_timeout
+    }
+
+    fn may_send_to(&self, peer: &Addr) -> bool {
+        self.lock().members.in_view(peer)
+    }
+
+    fn replication_failed(&self, peer: &Addr, error: &PeerError) {
+        tracing::warn!(%peer, %error, "replication failed");
+        let change = self
+            .lock()
+            .members
+            .replication_failed(peer, Instant::now().into_std());
+        self.apply_changes(change);
+    }
+}

@@ -1,0 +1,69 @@
+//! Messages between replicas, on the internal `/internal/...` endpoints.
+//!
+//! All are JSON. A replica trusts no field: malformed messages get `400`, and data messages
+//! (`replicate`, `sync`) from a replica outside the receiver's view get `409`, so that data
+//! flows only between replicas that have each other in view.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::causal::{Addr, Clock};
+use crate::delivery::Write;
+
+pub const HEARTBEAT: &str = "/internal/heartbeat";
+pub const ANNOUNCE: &str = "/internal/announce";
+pub const VIEW_CHANGE: &str = "/internal/view";
+pub const REPLICATE: &str = "/internal/replicate";
+pub const SYNC: &str = "/internal/sync";
+
+/// A probe. Both sides learn each other's epoch and clock from it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub from: Addr,
+    pub epoch: Option<u64>,
+    pub clock: Clock,
+}
+
+/// The answer to a probe or an announcement.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    /// `None` while the replica is still bootstrapping.
+    pub epoch: Option<u64>,
+    pub clock: Clock,
+}
+
+/// "I have (re)started": sent at start-up to every replica of the configured view.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Announce {
+    pub from: Addr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ViewOp {
+    Add,
+    Remove,
+}
+
+/// A `PUT /view` or `DELETE /view` made at one replica, passed on to the others.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ViewChange {
+    pub from: Addr,
+    pub op: ViewOp,
+    pub addr: Addr,
+}
+
+/// A batch of writes, in the order their origin made them.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Replicate {
+    pub from: Addr,
+    pub writes: Vec<Arc<Write>>,
+}
+
+/// "Send me what my clock misses." Answered with a `replica::Delta`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SyncRequest {
+    pub from: Addr,
+    pub clock: Clock,
+}
