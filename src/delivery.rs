@@ -29,6 +29,11 @@ pub struct Write {
 }
 
 impl Write {
+    /// Approximate size in bytes of the key and value, for batching.
+    pub fn size(&self) -> usize {
+        self.key.len() + self.entry.value.as_ref().map_or(0, |v| v.get().len())
+    }
+
     /// True when this write may be applied on a replica at `clock`.
     pub fn is_deliverable(&self, clock: &Clock) -> bool {
         let dot = &self.entry.dot;

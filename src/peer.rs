@@ -20,6 +20,8 @@ use crate::delivery::Write;
 
 /// Most writes in one replication request.
 const MAX_BATCH: usize = 512;
+/// A batch stops growing once its values reach this many bytes.
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 /// Why a request to a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +110,7 @@ pub type LinkSender = mpsc::Sender<Outgoing>;
 /// What a link needs from the node it belongs to.
 pub trait LinkOwner: Send + Sync + 'static {
     fn me(&self) -> &Addr;
-    fn client(&self) -> &PeerClient;
+    fn client_for(&self, peer: &Addr) -> PeerClient;
     fn replication_timeout(&self) -> Duration;
     /// True while data may be sent to `peer`.
     fn may_send_to(&self, peer: &Addr) -> bool;
@@ -124,40 +126,67 @@ pub fn spawn_link<O: LinkOwner>(owner: Arc<O>, peer: Addr, capacity: usize) -> L
 }
 
 async fn run_link<O: LinkOwner>(owner: Arc<O>, peer: Addr, mut rx: mpsc::Receiver<Outgoing>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    while let Some(first) = rx.recv().await {
+        let batch = fill_batch(first, &mut rx);
         if owner.may_send_to(&peer) {
-            send_batch(&*owner, &peer, &mut batch).await;
+            send_batch(&*owner, &peer, batch).await;
         }
-        batch.clear();
     }
 }
 
-async fn send_batch<O: LinkOwner>(owner: &O, peer: &Addr, batch: &mut Vec<Outgoing>) {
+/// Takes what is already queued behind `first`, up to the batch limits.
+fn fill_batch(first: Outgoing, rx: &mut mpsc::Receiver<Outgoing>) -> Vec<Outgoing> {
+    let mut bytes = first.write.size();
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+        let Ok(next) = rx.try_recv() else { break };
+        bytes += next.write.size();
+        batch.push(next);
+    }
+    batch
+}
+
+async fn send_batch<O: LinkOwner>(owner: &O, peer: &Addr, batch: Vec<Outgoing>) {
     let message = crate::wire::Replicate {
         from: owner.me().clone(),
         writes: batch.iter().map(|o| o.write.clone()).collect(),
     };
-    let result: Result<serde_json::Value, _> = owner
-        .client()
-        .post(
-            peer,
-            crate::wire::REPLICATE,
-            &message,
-            owner.replication_timeout(),
-        )
-        .await;
+    let timeout = owner.replication_timeout();
+    let mut result = replicate(owner, peer, &message, timeout).await;
+    if matches!(result, Err(PeerError::Unreachable(_))) {
+        // A connection the peer reset (it restarted): once more, on a fresh one.
+        result = replicate(owner, peer, &message, timeout).await;
+    }
     match result {
-        Ok(_) => {
-            for outgoing in batch.drain(..) {
+        Ok(()) => {
+            for outgoing in batch {
                 if let Some(ack) = outgoing.ack {
                     let _ = ack.send(());
                 }
             }
         }
+        Err(error @ (PeerError::Timeout(_) | PeerError::Unreachable(_))) => {
+            owner.replication_failed(peer, &error)
+        }
         Err(error) if error.is_not_in_view() => {
             tracing::debug!(%peer, "peer does not list us yet; anti-entropy will catch it up");
         }
-        Err(error) => owner.replication_failed(peer, &error),
+        Err(error) => {
+            tracing::warn!(%peer, %error, "peer refused replicated writes; anti-entropy will retry")
+        }
     }
+}
+
+async fn replicate<O: LinkOwner>(
+    owner: &O,
+    peer: &Addr,
+    message: &crate::wire::Replicate,
+    timeout: Duration,
+) -> Result<(), PeerError> {
+    let client = owner.client_for(peer);
+    let answer: serde_json::Value = client
+        .post(peer, crate::wire::REPLICATE, message, timeout)
+        .await?;
+    drop(answer);
+    Ok(())
 }

@@ -25,8 +25,9 @@ impl Node {
         self.status()
     }
 
-    /// A replica (re)started: it is in the view at once.
+    /// A replica (re)started: it is in the view at once, reached over new connections.
     pub fn on_announce(&self, announce: Announce) -> wire::Status {
+        self.reset_client(&announce.from);
         let change = self
             .lock()
             .members

@@ -73,7 +73,11 @@ pub struct Node {
     state: Mutex<State>,
     /// Signalled whenever the clock advances or the replica becomes ready.
     applied: Notify,
-    client: PeerClient,
+    /// The client used when a fresh one cannot be built (never in practice).
+    default_client: PeerClient,
+    /// One client (connection pool) per peer, replaced when the peer restarts so that no
+    /// request goes out on a connection to its previous life.
+    clients: Mutex<HashMap<Addr, PeerClient>>,
     me: Addr,
     this: std::sync::Weak<Node>,
 }
@@ -98,7 +102,8 @@ impl Node {
             config,
             state: Mutex::new(state),
             applied: Notify::new(),
-            client,
+            default_client: client,
+            clients: Mutex::new(HashMap::new()),
             this: this.clone(),
         }))
     }
@@ -113,6 +118,26 @@ impl Node {
 
     fn arc(&self) -> Option<Arc<Node>> {
         self.this.upgrade()
+    }
+
+    /// The HTTP client for `peer`.
+    pub(crate) fn client_for(&self, peer: &Addr) -> PeerClient {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(peer.clone())
+            .or_insert_with(|| self.new_client())
+            .clone()
+    }
+
+    /// Drops `peer`'s pooled connections: it restarted, and they lead to its old life.
+    pub(crate) fn reset_client(&self, peer: &Addr) {
+        let fresh = self.new_client();
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients.insert(peer.clone(), fresh);
+    }
+
+    fn new_client(&self) -> PeerClient {
+        PeerClient::new().unwrap_or_else(|_| self.default_client.clone())
     }
 
     /// The current view, sorted.
@@ -260,7 +285,7 @@ impl Node {
             addr: addr.clone(),
         });
         for peer in targets {
-            let client = self.client.clone();
+            let client = self.client_for(&peer);
             let message = message.clone();
             let timeout = self.config.replication_timeout;
             tokio::spawn(async move {
@@ -338,8 +363,8 @@ impl LinkOwner for Node {
         &self.me
     }
 
-    fn client(&self) -> &PeerClient {
-        &self.client
+    fn client_for(&self, peer: &Addr) -> PeerClient {
+        Node::client_for(self, peer)
     }
 
     fn replication_timeout(&self) -> Duration {
