@@ -7,12 +7,19 @@
 //! * [`membership`]: the view and the failure detector, with time passed in;
 //! * [`node`], [`peer`], [`api`], [`wire`]: the server that moves messages between the
 //!   core, clients and peers;
-//! * [`config`], [`server`], [`cluster`]: the command line's `serve` and `cluster`.
+//! * [`config`], [`server`], [`cluster`]: the command line's `serve` and `cluster`;
+//! * [`client`], [`cli`]: a client for the contract and the `put`/`get`/`delete`/`view`
+//!   commands;
+//! * [`check`], [`bench`]: the causal checker and the load generator.
 //!
 //! See `docs/ARCHITECTURE.md` for the data flow and the invariants.
 
 pub mod api;
+pub mod bench;
 pub mod causal;
+pub mod check;
+pub mod cli;
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod delivery;

@@ -1,12 +1,19 @@
-//! The `causalkv` command: `serve` runs a replica, `cluster` runs a local cluster.
+//! The `causalkv` command: `serve` runs a replica, `cluster` a local cluster, `put`, `get`,
+//! `delete` and `view` are the client, `check` verifies a cluster's causal consistency and
+//! `bench` measures it.
 //!
-//! This is the binary's edge: configuration errors become one plain line on stderr and a
-//! non-zero exit status.
+//! This is the binary's edge: errors become one plain line on stderr and a non-zero exit
+//! status.
+
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use causalkv::bench::{self, BenchArgs};
+use causalkv::check::{self, CheckArgs};
+use causalkv::cli::{self, KeyArgs, PutArgs, ViewArgs};
 use causalkv::cluster::{self, ClusterArgs};
 use causalkv::config::ServeArgs;
 use causalkv::server;
@@ -28,34 +35,67 @@ enum Command {
     Serve(ServeArgs),
     /// Run a local cluster of replicas on loopback until Ctrl-C.
     Cluster(ClusterArgs),
+    /// Write a value (JSON if it parses as JSON, else a string).
+    Put(PutArgs),
+    /// Read a value.
+    Get(KeyArgs),
+    /// Delete a key.
+    Delete(KeyArgs),
+    /// Show or change the view.
+    View(ViewArgs),
+    /// Run a randomized session workload and check the history for causal violations.
+    Check(CheckArgs),
+    /// Measure throughput and latency over the HTTP contract.
+    Bench(BenchArgs),
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let default_level = match cli.command {
+        Command::Serve(_) | Command::Cluster(_) => "info",
+        _ => "warn",
+    };
+    init_logging(default_level);
     match run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("causalkv: {error:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    match cli.command {
+    let client = |request| ExitCode::from(runtime.block_on(cli::run(request)));
+    Ok(match cli.command {
         Command::Serve(args) => {
             let config = args.validate()?;
             runtime.block_on(server::serve(config, server::shutdown_signal()))?;
+            ExitCode::SUCCESS
         }
-        Command::Cluster(args) => runtime.block_on(cluster::run(args))?,
-    }
-    Ok(())
+        Command::Cluster(args) => {
+            runtime.block_on(cluster::run(args))?;
+            ExitCode::SUCCESS
+        }
+        Command::Put(args) => client(cli::Request::Put(args)),
+        Command::Get(args) => client(cli::Request::Get(args)),
+        Command::Delete(args) => client(cli::Request::Delete(args)),
+        Command::View(args) => client(cli::Request::View(args)),
+        Command::Check(args) => match runtime.block_on(check::run(args))? {
+            true => ExitCode::SUCCESS,
+            false => ExitCode::from(1),
+        },
+        Command::Bench(args) => {
+            runtime.block_on(bench::run(args))?;
+            ExitCode::SUCCESS
+        }
+    })
 }
 
-fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+fn init_logging(default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

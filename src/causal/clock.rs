@@ -75,7 +75,7 @@ pub enum Causality {
 /// A vector clock with per-address retirement floors. See the module documentation.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Clock {
-    #[serde(default)]
+    #[serde(default, with = "entry_list")]
     entries: BTreeMap<Incarnation, u64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     floors: BTreeMap<Addr, u64>,
@@ -229,6 +229,29 @@ impl Clock {
     }
 }
 
+/// Clock entries travel as a list of `[incarnation, seq]` pairs (JSON keys must be strings).
+mod entry_list {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Incarnation;
+
+    pub fn serialize<S: Serializer>(
+        entries: &BTreeMap<Incarnation, u64>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(entries.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<Incarnation, u64>, D::Error> {
+        let pairs = Vec::<(Incarnation, u64)>::deserialize(deserializer)?;
+        Ok(pairs.into_iter().filter(|(_, seq)| *seq > 0).collect())
+    }
+}
+
 impl PartialOrd for Clock {
     fn partial_cmp(&self, other: &Clock) -> Option<Ordering> {
         match self.compare(other) {
@@ -354,6 +377,14 @@ pub(crate) mod tests {
                 }
                 c
             })
+    }
+
+    #[test]
+    fn a_clock_round_trips_through_json() {
+        let mut c = clock(&[("10.0.0.1:1", 1, 5), ("10.0.0.2:1", 9, 2)]);
+        c.raise_floor(&"10.0.0.3:1".into(), 4);
+        let text = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<Clock>(&text).unwrap(), c);
     }
 
     proptest! {
