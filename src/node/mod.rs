@@ -149,17 +149,25 @@ impl Node {
         self.lock().replica.is_ready()
     }
 
-    /// Waits, at most the configured causal wait, until every write in `deps` is applied.
-    /// Missing writes are pulled from the replicas in the view meanwhile.
-    pub async fn wait_for(&self, deps: &Clock) -> Result<(), NodeError> {
+    /// Waits, at most the configured causal wait, until every write in `deps` is applied,
+    /// then runs `f` under the same lock acquisition that saw them applied. Missing writes
+    /// are pulled from the replicas in the view meanwhile.
+    async fn when_applied<T>(
+        &self,
+        deps: &Clock,
+        f: impl FnOnce(&mut State) -> T,
+    ) -> Result<T, NodeError> {
         let deadline = Instant::now() + self.config.causal_wait;
         let mut pulled = false;
         loop {
             let notified = self.applied.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.lock().replica.satisfies(deps) {
-                return Ok(());
+            {
+                let mut state = self.lock();
+                if state.replica.satisfies(deps) {
+                    return Ok(f(&mut state));
+                }
             }
             if !pulled {
                 pulled = true;
@@ -177,73 +185,59 @@ impl Node {
 
     /// `GET /kvs/<key>`.
     pub async fn get(&self, key: &str, deps: &Clock) -> Result<Result<Found, Missing>, NodeError> {
-        self.wait_for(deps).await?;
-        let state = self.lock();
-        let replica = &state.replica;
-        Ok(match replica.read(key) {
-            Read::Found { value, dot } => Ok(Found {
-                value: value.clone(),
-                metadata: replica.metadata_with(deps, Some(dot)),
-            }),
-            read => Err(Missing {
-                metadata: replica.metadata_with(deps, deleted_by(&read)),
-            }),
+        self.when_applied(deps, |state| {
+            let replica = &state.replica;
+            match replica.read(key) {
+                Read::Found { value, dot } => Ok(Found {
+                    value: value.clone(),
+                    metadata: replica.metadata_with(deps, Some(dot)),
+                }),
+                read => Err(Missing {
+                    metadata: replica.metadata_with(deps, deleted_by(&read)),
+                }),
+            }
         })
+        .await
     }
 
     /// `PUT /kvs/<key>`.
     pub async fn put(&self, key: Key, value: Value, deps: &Clock) -> Result<Written, NodeError> {
-        self.wait_for(deps).await?;
-        self.write(key, Some(value), deps).await
+        let pending = self
+            .when_applied(deps, |state| state.write(key, Some(value), deps))
+            .await??;
+        Ok(self.replicated(pending).await)
     }
 
-    /// `DELETE /kvs/<key>`.
+    /// `DELETE /kvs/<key>`: the existence check and the tombstone happen under one lock.
     pub async fn delete(
         &self,
         key: Key,
         deps: &Clock,
     ) -> Result<Result<Written, Missing>, NodeError> {
-        self.wait_for(deps).await?;
-        {
-            let state = self.lock();
-            let read = state.replica.read(&key);
-            if !matches!(read, Read::Found { .. }) {
+        let pending = self
+            .when_applied(deps, |state| {
+                let read = state.replica.read(&key);
+                if matches!(read, Read::Found { .. }) {
+                    return state.write(key, None, deps).map(Ok);
+                }
                 let metadata = state.replica.metadata_with(deps, deleted_by(&read));
-                return Ok(Err(Missing { metadata }));
-            }
-        }
-        Ok(Ok(self.write(key, None, deps).await?))
+                Ok(Err(Missing { metadata }))
+            })
+            .await??;
+        Ok(match pending {
+            Ok(pending) => Ok(self.replicated(pending).await),
+            Err(missing) => Err(missing),
+        })
     }
 
-    /// Applies a local write, queues it on every link in the view, and waits (bounded) for
-    /// the peers' acknowledgements.
-    async fn write(
-        &self,
-        key: Key,
-        value: Option<Value>,
-        deps: &Clock,
-    ) -> Result<Written, NodeError> {
-        let (written, acks) = {
-            let mut state = self.lock();
-            // `wait_for` succeeded, so the replica is ready and this cannot fail.
-            let local = state
-                .replica
-                .write(key, value, deps)
-                .map_err(|_| NodeError::CausalTimeout)?;
-            let write = Arc::new(local.write);
-            let acks = state.queue_on_links(&write);
-            let written = Written {
-                existed: local.existed,
-                metadata: local.metadata,
-            };
-            (written, acks)
-        };
+    /// Waits (bounded) for the peers' acknowledgements of a local write.
+    async fn replicated(&self, pending: PendingWrite) -> Written {
         self.clock_advanced();
         let deadline = Instant::now() + self.config.replication_timeout + ACK_SLACK;
-        for ack in acks {
+        for ack in pending.acks {
             let _ = tokio::time::timeout_at(deadline, ack).await;
         }
-        Ok(written)
+        pending.written
     }
 
     /// `PUT /view`: returns true when `addr` was added.
@@ -334,7 +328,33 @@ fn deleted_by<'a>(read: &Read<'a>) -> Option<&'a Dot> {
     }
 }
 
+/// A local write made and queued on the links, not yet acknowledged.
+struct PendingWrite {
+    written: Written,
+    acks: Vec<oneshot::Receiver<()>>,
+}
+
 impl State {
+    /// Applies a local write and queues it on every link in the view.
+    fn write(
+        &mut self,
+        key: Key,
+        value: Option<Value>,
+        deps: &Clock,
+    ) -> Result<PendingWrite, NodeError> {
+        // Callers run under `when_applied`, so the replica is ready and this cannot fail.
+        let local = self
+            .replica
+            .write(key, value, deps)
+            .map_err(|_| NodeError::CausalTimeout)?;
+        let acks = self.queue_on_links(&Arc::new(local.write));
+        let written = Written {
+            existed: local.existed,
+            metadata: local.metadata,
+        };
+        Ok(PendingWrite { written, acks })
+    }
+
     /// Queues `write` on the link of every peer in the view; returns the acknowledgements
     /// to wait for. A full queue is skipped: that peer catches up by anti-entropy.
     fn queue_on_links(&mut self, write: &Arc<Write>) -> Vec<oneshot::Receiver<()>> {
