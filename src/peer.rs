@@ -110,12 +110,13 @@ pub type LinkSender = mpsc::Sender<Outgoing>;
 /// What a link needs from the node it belongs to.
 pub trait LinkOwner: Send + Sync + 'static {
     fn me(&self) -> &Addr;
-    fn client_for(&self, peer: &Addr) -> PeerClient;
+    /// The client for `peer` and its generation, which changes when `peer` restarts.
+    fn client_for(&self, peer: &Addr) -> (PeerClient, u64);
     fn replication_timeout(&self) -> Duration;
     /// True while data may be sent to `peer`.
     fn may_send_to(&self, peer: &Addr) -> bool;
-    /// A replication request to `peer` failed.
-    fn replication_failed(&self, peer: &Addr, error: &PeerError);
+    /// A replication request to `peer`, sent with the client of `generation`, failed.
+    fn replication_failed(&self, peer: &Addr, generation: u64, error: &PeerError);
 }
 
 /// Starts the link to `peer`; it ends when the sender is dropped.
@@ -152,10 +153,11 @@ async fn send_batch<O: LinkOwner>(owner: &O, peer: &Addr, batch: Vec<Outgoing>) 
         writes: batch.iter().map(|o| o.write.clone()).collect(),
     };
     let timeout = owner.replication_timeout();
-    let mut result = replicate(owner, peer, &message, timeout).await;
+    let (client, generation) = owner.client_for(peer);
+    let mut result = replicate(&client, peer, &message, timeout).await;
     if matches!(result, Err(PeerError::Unreachable(_))) {
         // A connection the peer reset (it restarted): once more, on a fresh one.
-        result = replicate(owner, peer, &message, timeout).await;
+        result = replicate(&client, peer, &message, timeout).await;
     }
     match result {
         Ok(()) => {
@@ -166,7 +168,7 @@ async fn send_batch<O: LinkOwner>(owner: &O, peer: &Addr, batch: Vec<Outgoing>) 
             }
         }
         Err(error @ (PeerError::Timeout(_) | PeerError::Unreachable(_))) => {
-            owner.replication_failed(peer, &error)
+            owner.replication_failed(peer, generation, &error)
         }
         Err(error) if error.is_not_in_view() => {
             tracing::debug!(%peer, "peer does not list us yet; anti-entropy will catch it up");
@@ -177,13 +179,12 @@ async fn send_batch<O: LinkOwner>(owner: &O, peer: &Addr, batch: Vec<Outgoing>) 
     }
 }
 
-async fn replicate<O: LinkOwner>(
-    owner: &O,
+async fn replicate(
+    client: &PeerClient,
     peer: &Addr,
     message: &crate::wire::Replicate,
     timeout: Duration,
 ) -> Result<(), PeerError> {
-    let client = owner.client_for(peer);
     let answer: serde_json::Value = client
         .post(peer, crate::wire::REPLICATE, message, timeout)
         .await?;

@@ -62,7 +62,7 @@ async fn announce(node: &Arc<Node>) -> Vec<Addr> {
     });
     let mut calls = JoinSet::new();
     for peer in node.config.view.iter().filter(|p| **p != node.me).cloned() {
-        let (client, message) = (node.client_for(&peer), message.clone());
+        let (client, message) = (node.client_for(&peer).0, message.clone());
         let timeout = node.config.replication_timeout;
         calls.spawn(async move {
             let answer = client
@@ -130,6 +130,7 @@ async fn probe(node: Arc<Node>, peer: Addr, message: Arc<Heartbeat>) {
     let timeout = node.config.failure_timeout / 3;
     let answer = node
         .client_for(&peer)
+        .0
         .post::<_, wire::Status>(&peer, HEARTBEAT, &*message, timeout)
         .await;
     let now = Instant::now().into_std();
@@ -204,7 +205,7 @@ impl Node {
             from: self.me.clone(),
             clock: self.lock().replica.clock().clone(),
         };
-        let client = self.client_for(peer);
+        let (client, _) = self.client_for(peer);
         let delta: Delta = client.post(peer, SYNC, &request, SYNC_TIMEOUT).await?;
         let changed = {
             let mut state = self.lock();

@@ -77,7 +77,7 @@ pub struct Node {
     default_client: PeerClient,
     /// One client (connection pool) per peer, replaced when the peer restarts so that no
     /// request goes out on a connection to its previous life.
-    clients: Mutex<HashMap<Addr, PeerClient>>,
+    clients: Mutex<HashMap<Addr, (PeerClient, u64)>>,
     me: Addr,
     this: std::sync::Weak<Node>,
 }
@@ -120,20 +120,27 @@ impl Node {
         self.this.upgrade()
     }
 
-    /// The HTTP client for `peer`.
-    pub(crate) fn client_for(&self, peer: &Addr) -> PeerClient {
+    /// The HTTP client for `peer` and its generation (see [`Node::reset_client`]).
+    pub(crate) fn client_for(&self, peer: &Addr) -> (PeerClient, u64) {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         clients
             .entry(peer.clone())
-            .or_insert_with(|| self.new_client())
+            .or_insert_with(|| (self.new_client(), 0))
             .clone()
     }
 
     /// Drops `peer`'s pooled connections: it restarted, and they lead to its old life.
+    /// Failures of requests sent on them no longer count against it.
     pub(crate) fn reset_client(&self, peer: &Addr) {
         let fresh = self.new_client();
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        clients.insert(peer.clone(), fresh);
+        let generation = clients.get(peer).map_or(0, |(_, g)| g + 1);
+        clients.insert(peer.clone(), (fresh, generation));
+    }
+
+    fn client_generation(&self, peer: &Addr) -> u64 {
+        let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients.get(peer).map_or(0, |(_, g)| *g)
     }
 
     fn new_client(&self) -> PeerClient {
@@ -279,7 +286,7 @@ impl Node {
             addr: addr.clone(),
         });
         for peer in targets {
-            let client = self.client_for(&peer);
+            let (client, _) = self.client_for(&peer);
             let message = message.clone();
             let timeout = self.config.replication_timeout;
             tokio::spawn(async move {
@@ -383,7 +390,7 @@ impl LinkOwner for Node {
         &self.me
     }
 
-    fn client_for(&self, peer: &Addr) -> PeerClient {
+    fn client_for(&self, peer: &Addr) -> (PeerClient, u64) {
         Node::client_for(self, peer)
     }
 
@@ -395,7 +402,11 @@ impl LinkOwner for Node {
         self.lock().members.in_view(peer)
     }
 
-    fn replication_failed(&self, peer: &Addr, error: &PeerError) {
+    fn replication_failed(&self, peer: &Addr, generation: u64, error: &PeerError) {
+        if generation != self.client_generation(peer) {
+            tracing::debug!(%peer, %error, "replication to a previous life failed");
+            return;
+        }
         tracing::warn!(%peer, %error, "replication failed");
         let change = self
             .lock()
