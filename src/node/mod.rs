@@ -5,8 +5,9 @@
 //!
 //! All state lives in one `std::sync::Mutex<State>`, held only for short sections that
 //! never cross an `.await` (the pattern of mini-redis's `db.rs`): a core operation, a
-//! membership update, queueing writes on links. Network I/O always happens after the guard
-//! is dropped. A request waiting for its causal dependencies waits on a `Notify` that is
+//! membership update, queueing writes on links. The per-peer HTTP clients sit under a
+//! second mutex that is never held together with the first. Network I/O always happens
+//! after the guards are dropped. A request waiting for its causal dependencies waits on a `Notify` that is
 //! signalled whenever the clock advances, never by polling.
 
 mod background;
