@@ -28,6 +28,11 @@ pub struct Write {
     pub deps: Clock,
 }
 
+/// The largest Lamport time or sequence number a replica accepts from a peer. Honest
+/// counters stay far below it (one step per write); anything above is malformed, and the
+/// bound keeps local counters from ever overflowing.
+pub const MAX_COUNTER: u64 = 1 << 62;
+
 impl Write {
     /// Approximate size in bytes of the key and value, for batching.
     pub fn size(&self) -> usize {
@@ -37,7 +42,7 @@ impl Write {
     /// True when this write may be applied on a replica at `clock`.
     pub fn is_deliverable(&self, clock: &Clock) -> bool {
         let dot = &self.entry.dot;
-        clock.get(&dot.inc) + 1 == dot.seq && clock.covers_clock(&self.deps)
+        clock.get(&dot.inc).checked_add(1) == Some(dot.seq) && clock.covers_clock(&self.deps)
     }
 }
 

@@ -106,7 +106,10 @@ impl Replica {
     /// microseconds, which orders lives even when no peer remembers the last one) and above
     /// every epoch of this address in the clock.
     pub fn start_incarnation(&mut self, not_before: u64) -> &Incarnation {
-        let known = self.clock.max_epoch_of(&self.addr).map_or(0, |e| e + 1);
+        let known = self
+            .clock
+            .max_epoch_of(&self.addr)
+            .map_or(0, |e| e.saturating_add(1));
         let inc = Incarnation::new(self.addr.clone(), not_before.max(known));
         self.me.insert(inc)
     }
@@ -129,10 +132,11 @@ impl Replica {
     ) -> Result<LocalWrite, CoreError> {
         let inc = self.me.clone().ok_or(CoreError::NotReady)?;
         let dot = Dot {
-            seq: self.clock.get(&inc) + 1,
+            seq: self.clock.get(&inc).saturating_add(1),
             inc,
         };
-        self.lamport += 1;
+        // Saturating: a peer claiming the last Lamport time must not crash this replica.
+        self.lamport = self.lamport.saturating_add(1);
         let entry = Entry {
             value,
             lamport: self.lamport,
@@ -164,6 +168,11 @@ impl Replica {
     pub fn receive(&mut self, writes: impl IntoIterator<Item = Write>) -> Received {
         let mut received = Received::default();
         for write in writes {
+            if self.me.as_ref() == Some(&write.entry.dot.inc) {
+                // Only this process makes writes of its own incarnation; a peer cannot.
+                received.refused += 1;
+                continue;
+            }
             match self.buffer.offer(write, &self.clock) {
                 Offer::Duplicate => received.duplicates += 1,
                 Offer::Buffered => received.buffered += 1,
@@ -313,6 +322,31 @@ mod tests {
         let w2 = put(&mut new, "k2", "2", &w.metadata);
         assert_ne!(w2.write.entry.dot, w.write.entry.dot);
         assert!(!b.clock().covers(&w2.write.entry.dot));
+    }
+
+    #[test]
+    fn extreme_numbers_from_peers_do_not_break_local_writes() {
+        let mut a = ready("a", 1);
+        let mut peer = ready("p", 1);
+        let mut w = put(&mut peer, "k", "1", &Clock::new()).write;
+        w.entry.lamport = u64::MAX;
+        assert!(w.entry.validate().is_err(), "the API refuses such a write");
+        assert_eq!(a.receive([w]).applied, 1);
+        let mine = put(&mut a, "after", "2", &Clock::new());
+        assert_eq!(
+            mine.write.entry.lamport,
+            u64::MAX,
+            "saturates instead of panicking"
+        );
+    }
+
+    #[test]
+    fn a_peer_cannot_forge_writes_of_this_incarnation() {
+        let mut a = ready("a", 1);
+        let mut twin = ready("a", 1);
+        let forged = put(&mut twin, "k", "1", &Clock::new()).write;
+        assert_eq!(a.receive([forged]).refused, 1);
+        assert!(matches!(a.read("k"), Read::Missing));
     }
 
     #[test]

@@ -46,6 +46,18 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Why an entry received from a peer is malformed, if it is.
+    pub fn validate(&self) -> Result<(), String> {
+        let max = crate::delivery::MAX_COUNTER;
+        if self.lamport > max || self.dot.seq > max || self.dot.seq == 0 {
+            return Err(format!(
+                "entry with Lamport time {} and sequence number {} is out of range",
+                self.lamport, self.dot.seq
+            ));
+        }
+        Ok(())
+    }
+
     pub fn version(&self) -> Version {
         Version {
             lamport: self.lamport,

@@ -67,3 +67,79 @@ pub struct SyncRequest {
     pub from: Addr,
     pub clock: Clock,
 }
+
+/// A peer message whose fields must be checked beyond their types.
+pub trait Validate {
+    /// Why the message is malformed, if it is.
+    fn validate(&self) -> Result<(), String>;
+}
+
+/// Replicas are named by canonical `IP:PORT` strings; anything else is refused, so that
+/// nothing but a socket address ever enters a view.
+pub fn check_addr(addr: &str) -> Result<(), String> {
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(parsed) if parsed.to_string() == addr => Ok(()),
+        _ => Err(format!(
+            "{addr:?} is not a canonical IP:PORT socket address"
+        )),
+    }
+}
+
+impl Validate for Heartbeat {
+    fn validate(&self) -> Result<(), String> {
+        check_addr(&self.from)
+    }
+}
+
+impl Validate for Announce {
+    fn validate(&self) -> Result<(), String> {
+        check_addr(&self.from)
+    }
+}
+
+impl Validate for ViewChange {
+    fn validate(&self) -> Result<(), String> {
+        check_addr(&self.from)?;
+        check_addr(&self.addr)
+    }
+}
+
+impl Validate for Replicate {
+    fn validate(&self) -> Result<(), String> {
+        check_addr(&self.from)?;
+        self.writes.iter().try_for_each(|w| w.entry.validate())
+    }
+}
+
+impl Validate for crate::replica::Delta {
+    fn validate(&self) -> Result<(), String> {
+        self.entries.iter().try_for_each(|(_, e)| e.validate())
+    }
+}
+
+impl Validate for SyncRequest {
+    fn validate(&self) -> Result<(), String> {
+        check_addr(&self.from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_canonical_socket_addresses_pass() {
+        assert!(check_addr("10.10.0.2:8090").is_ok());
+        assert!(check_addr("[::1]:8090").is_ok());
+        for bad in [
+            "garbage",
+            "",
+            " 10.10.0.2:8090",
+            "10.10.0.2",
+            "010.10.0.2:8090",
+            "ກ",
+        ] {
+            assert!(check_addr(bad).is_err(), "{bad:?} passed");
+        }
+    }
+}

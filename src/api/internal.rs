@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::{ApiError, read_body};
 use crate::node::Node;
-use crate::wire;
+use crate::wire::{self, Validate};
 
 pub fn routes() -> Router<Arc<Node>> {
     Router::new()
@@ -25,10 +25,15 @@ pub fn routes() -> Router<Arc<Node>> {
         .route(wire::SYNC, post(sync))
 }
 
-/// Parses a peer message; unlike client bodies, an empty one is malformed.
-fn message<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+/// Parses and validates a peer message; unlike client bodies, an empty one is malformed.
+fn message<T: DeserializeOwned + Validate>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
     let bytes = read_body(body, super::INTERNAL_BODY_LIMIT)?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedBody(e.to_string()))
+    let message: T =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedBody(e.to_string()))?;
+    message.validate().map_err(ApiError::MalformedBody)?;
+    Ok(message)
 }
 
 async fn heartbeat(

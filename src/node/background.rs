@@ -13,7 +13,7 @@ use crate::causal::{Addr, Clock, Incarnation};
 use crate::membership::Status;
 use crate::peer::PeerError;
 use crate::replica::Delta;
-use crate::wire::{self, ANNOUNCE, Announce, HEARTBEAT, Heartbeat, SYNC, SyncRequest};
+use crate::wire::{self, ANNOUNCE, Announce, HEARTBEAT, Heartbeat, SYNC, SyncRequest, Validate};
 
 /// Longest wait for a catch-up transfer (a whole store at bootstrap).
 const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
@@ -207,6 +207,7 @@ impl Node {
         };
         let (client, _) = self.client_for(peer);
         let delta: Delta = client.post(peer, SYNC, &request, SYNC_TIMEOUT).await?;
+        delta.validate().map_err(PeerError::Malformed)?;
         let changed = {
             let mut state = self.lock();
             if !state.members.in_view(peer) {
@@ -267,7 +268,7 @@ fn retirable_floors(
             continue;
         }
         if inc.epoch < live_epoch && settled(inc, seq, others) {
-            *floor = inc.epoch + 1;
+            *floor = inc.epoch.saturating_add(1);
         } else {
             *frozen = true;
         }

@@ -135,7 +135,7 @@ impl Node {
     pub(crate) fn reset_client(&self, peer: &Addr) {
         let fresh = self.new_client();
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        let generation = clients.get(peer).map_or(0, |(_, g)| g + 1);
+        let generation = clients.get(peer).map_or(0, |(_, g)| g.wrapping_add(1));
         clients.insert(peer.clone(), (fresh, generation));
     }
 
