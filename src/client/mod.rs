@@ -8,11 +8,15 @@
 //! Because it speaks only the public contract, it drives the original system or any other
 //! compatible store as well as causalkv.
 
+pub mod session;
+
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+pub use session::Session;
 
 /// Causal metadata as received from a replica; `Metadata::default()` is a first request's
 /// `null`. Opaque: send back the metadata of the latest response, unchanged.
