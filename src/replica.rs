@@ -47,12 +47,21 @@ pub struct Received {
     pub refused: usize,
 }
 
-/// The state one replica sends another so that it catches up: every entry the receiver's
-/// clock misses, and the sender's clock.
+/// What one replica sends another so that it catches up: the sender's clock and the
+/// entries the receiver's clock misses, in key order, possibly one chunk of them.
+///
+/// A catch-up in chunks keeps the clock of the *first* chunk and merges it after the last:
+/// every write that clock covers was applied at the sender when the first chunk was made,
+/// so every later chunk still holds it or something that beats it. Entries applied before
+/// the clock is merged are ahead of the receiver's clock, which is safe: a read returns
+/// metadata naming the write it read, so anything causally after it waits for the clock.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Delta {
     pub clock: Clock,
     pub entries: Vec<(Key, Entry)>,
+    /// The key to continue after, when more chunks follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<Key>,
 }
 
 #[derive(Debug)]
@@ -199,28 +208,42 @@ impl Replica {
         self.store.apply(key, entry);
     }
 
-    /// What a replica at `their` clock misses from this one.
+    /// What a replica at `their` clock misses from this one: all of it.
     pub fn delta_for(&self, their: &Clock) -> Delta {
+        self.delta_chunk(their, None, usize::MAX)
+    }
+
+    /// One chunk of what a replica at `their` clock misses, keys after `after`, values up
+    /// to about `max_bytes`.
+    pub fn delta_chunk(&self, their: &Clock, after: Option<&str>, max_bytes: usize) -> Delta {
+        let (entries, next) = self.store.missing_from(their, after, max_bytes);
         Delta {
             clock: self.clock.clone(),
-            entries: self
-                .store
-                .missing_from(their)
-                .map(|(k, e)| (k.clone(), e.clone()))
-                .collect(),
+            entries,
+            next,
         }
     }
 
-    /// Merges a peer's delta, then applies whatever buffered writes it unblocked.
-    /// Returns how many entries changed the store.
+    /// Merges a whole delta (entries, then clock). Returns how many entries changed.
     pub fn merge(&mut self, delta: Delta) -> usize {
+        self.merge_entries(delta.entries) + self.merge_clock(&delta.clock)
+    }
+
+    /// Applies the entries of a delta chunk; the clock follows with `merge_clock`.
+    pub fn merge_entries(&mut self, entries: Vec<(Key, Entry)>) -> usize {
         let mut changed = 0;
-        for (key, entry) in delta.entries {
+        for (key, entry) in entries {
             self.lamport = self.lamport.max(entry.lamport);
             changed += usize::from(self.store.apply(key, entry));
         }
-        self.clock.merge(&delta.clock);
-        changed + self.release_deliverable()
+        changed
+    }
+
+    /// Merges the clock of a delta whose entries are all applied, then applies whatever
+    /// buffered writes that unblocked; returns how many.
+    pub fn merge_clock(&mut self, clock: &Clock) -> usize {
+        self.clock.merge(clock);
+        self.release_deliverable()
     }
 
     /// Retires every incarnation of `addr` below `floor` (see `Clock::raise_floor`).
@@ -363,6 +386,37 @@ mod tests {
         assert!(matches!(fresh.read("gone"), Read::Deleted { .. }));
         assert_eq!(fresh.clock(), a.clock());
         assert!(a.delta_for(fresh.clock()).entries.is_empty());
+    }
+
+    #[test]
+    fn a_delta_in_chunks_equals_a_whole_delta() {
+        let mut a = ready("a", 1);
+        for i in 0..20 {
+            put(&mut a, &format!("k{i:02}"), &i.to_string(), &Clock::new());
+        }
+        let mut chunked = Replica::new("b".into(), 10);
+        let start = chunked.clock().clone();
+        let first = a.delta_chunk(&start, None, 8);
+        let first_clock = first.clock.clone();
+        let mut next = first.next.clone();
+        chunked.merge_entries(first.entries);
+        // A write in the middle of the transfer, to a key already sent.
+        put(&mut a, "k00", "\"late\"", &Clock::new());
+        while let Some(after) = next {
+            let chunk = a.delta_chunk(&start, Some(&after), 8);
+            next = chunk.next.clone();
+            chunked.merge_entries(chunk.entries);
+        }
+        chunked.merge_clock(&first_clock);
+        assert_eq!(chunked.store().live_keys(), 20);
+        assert!(
+            !chunked
+                .clock()
+                .covers(&crate::causal::clock::tests::dot("a", 1, 21))
+        );
+        chunked.merge(a.delta_for(chunked.clock()));
+        assert_eq!(value_of(&chunked, "k00").as_deref(), Some("\"late\""));
+        assert_eq!(chunked.clock(), a.clock());
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //! A delete is kept as a tombstone so that a late, older write cannot bring the key back.
 //! Tombstones are not collected yet (see docs/ARCHITECTURE.md).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -86,7 +87,8 @@ pub enum Read<'a> {
 
 #[derive(Debug, Default)]
 pub struct Store {
-    entries: HashMap<Key, Entry>,
+    /// Ordered by key, so that catch-up can be sent in chunks with a key as cursor.
+    entries: BTreeMap<Key, Entry>,
     live: usize,
 }
 
@@ -137,20 +139,32 @@ impl Store {
         }
     }
 
-    /// Every entry whose write `clock` does not include: what a replica at `clock` misses.
-    /// Entries it does include it already holds, or something that beats them.
-    pub fn missing_from<'a>(
-        &'a self,
-        clock: &'a Clock,
-    ) -> impl Iterator<Item = (&'a Key, &'a Entry)> {
-        self.entries
-            .iter()
-            .filter(move |(_, entry)| !clock.covers(&entry.dot))
-    }
-
-    /// The highest Lamport time of any entry.
-    pub fn max_lamport(&self) -> u64 {
-        self.entries.values().map(|e| e.lamport).max().unwrap_or(0)
+    /// The entries whose write `clock` does not include (what a replica at `clock` misses;
+    /// the entries it does include it already holds, or something that beats them), in key
+    /// order after `after`, until their keys and values reach `max_bytes`. Returns them and
+    /// the key to continue after, `None` when the scan is complete.
+    pub fn missing_from(
+        &self,
+        clock: &Clock,
+        after: Option<&str>,
+        max_bytes: usize,
+    ) -> (Vec<(Key, Entry)>, Option<Key>) {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut found = Vec::new();
+        let mut bytes = 0;
+        let missing = self
+            .entries
+            .range::<str, _>((start, Bound::Unbounded))
+            .filter(|(_, entry)| !clock.covers(&entry.dot));
+        for (key, entry) in missing {
+            if bytes >= max_bytes {
+                let next = found.last().map(|(k, _): &(Key, Entry)| k.clone());
+                return (found, next);
+            }
+            bytes += key.len() + entry.value.as_ref().map_or(0, |v| v.get().len());
+            found.push((key.clone(), entry.clone()));
+        }
+        (found, None)
     }
 
     /// All entries, for comparing replicas in tests and tools.
@@ -168,6 +182,7 @@ pub fn value_from_json(text: &str) -> Result<Option<Value>, serde_json::Error> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::causal::Clock;
     use crate::causal::clock::tests::dot;
 
     pub fn value(text: &str) -> Value {
@@ -232,6 +247,28 @@ pub(crate) mod tests {
         assert_eq!(store.live_keys(), 1);
         store.apply("x".into(), entry(Some("2"), 4, "a", 4));
         assert_eq!(store.live_keys(), 2);
+    }
+
+    #[test]
+    fn missing_entries_come_in_chunks_in_key_order() {
+        let mut store = Store::new();
+        for (i, key) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            store.apply((*key).into(), entry(Some("12345"), 1, "x", i as u64 + 1));
+        }
+        let mut clock = Clock::new();
+        clock.advance(&dot("x", 1, 2)); // covers a and b
+        let keys = |entries: &[(Key, Entry)]| {
+            entries
+                .iter()
+                .map(|(k, _)| k.to_string())
+                .collect::<Vec<_>>()
+        };
+        let (first, next) = store.missing_from(&clock, None, 10);
+        assert_eq!(keys(&first), ["c", "d"]);
+        assert_eq!(next.as_deref(), Some("d"));
+        let (rest, next) = store.missing_from(&clock, Some("d"), 10);
+        assert_eq!(keys(&rest), ["e"]);
+        assert_eq!(next, None);
     }
 
     #[test]

@@ -61,11 +61,14 @@ pub struct Replicate {
     pub writes: Vec<Arc<Write>>,
 }
 
-/// "Send me what my clock misses." Answered with a `replica::Delta`.
+/// "Send me what my clock misses", one chunk at a time: keys after `after`. Answered
+/// with a `replica::Delta` whose `next` is the `after` of the following request.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SyncRequest {
     pub from: Addr,
     pub clock: Clock,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<crate::store::Key>,
 }
 
 /// A peer message whose fields must be checked beyond their types.

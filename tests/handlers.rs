@@ -708,6 +708,7 @@ fn arb_peer_message() -> impl Strategy<Value = (&'static str, Value)> {
                 to_json(&SyncRequest {
                     from: from.into(),
                     clock,
+                    after: None,
                 }),
             )
         }),

@@ -15,8 +15,8 @@ use crate::peer::PeerError;
 use crate::replica::Delta;
 use crate::wire::{self, ANNOUNCE, Announce, HEARTBEAT, Heartbeat, SYNC, SyncRequest, Validate};
 
-/// Longest wait for a catch-up transfer (a whole store at bootstrap).
-const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for one chunk of a catch-up transfer.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Starts bootstrap and the probe loop.
 pub fn start(node: &Arc<Node>) {
@@ -198,23 +198,49 @@ impl Node {
         }
     }
 
-    /// Asks `peer` for everything this replica's clock misses and merges it.
-    /// Returns how many entries changed the store.
+    /// Asks `peer` for everything this replica's clock misses, chunk by chunk, and merges
+    /// it (see `replica::Delta`). Returns how many entries changed the store.
     pub(crate) async fn pull_now(&self, peer: &Addr) -> Result<usize, PeerError> {
-        let request = SyncRequest {
-            from: self.me.clone(),
-            clock: self.lock().replica.clock().clone(),
-        };
+        let clock = self.lock().replica.clock().clone();
         let (client, _) = self.client_for(peer);
-        let delta: Delta = client.post(peer, SYNC, &request, SYNC_TIMEOUT).await?;
-        delta.validate().map_err(PeerError::Malformed)?;
-        let changed = {
+        let mut after = None;
+        let mut their_clock = None;
+        let mut changed = 0;
+        loop {
+            let request = SyncRequest {
+                from: self.me.clone(),
+                clock: clock.clone(),
+                after: after.take(),
+            };
+            let delta: Delta = client.post(peer, SYNC, &request, SYNC_TIMEOUT).await?;
+            delta.validate().map_err(PeerError::Malformed)?;
+            let Delta {
+                clock: chunk_clock,
+                entries,
+                next,
+            } = delta;
+            their_clock.get_or_insert(chunk_clock);
+            {
+                let mut state = self.lock();
+                if !state.members.in_view(peer) {
+                    return Ok(changed);
+                }
+                changed += state.replica.merge_entries(entries);
+            }
+            match next {
+                Some(key) => after = Some(key),
+                None => break,
+            }
+        }
+        {
             let mut state = self.lock();
             if !state.members.in_view(peer) {
-                return Ok(0);
+                return Ok(changed);
             }
-            state.replica.merge(delta)
-        };
+            if let Some(their_clock) = &their_clock {
+                changed += state.replica.merge_clock(their_clock);
+            }
+        }
         if changed > 0 {
             tracing::info!(%peer, changed, "caught up from peer");
         }

@@ -12,6 +12,9 @@ use super::{Node, NodeError};
 use crate::replica::{Delta, Received};
 use crate::wire::{self, Announce, Heartbeat, Replicate, SyncRequest, ViewChange, ViewOp};
 
+/// About how many bytes of keys and values one catch-up chunk carries.
+const SYNC_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
 impl Node {
     fn status(&self) -> wire::Status {
         let state = self.lock();
@@ -84,6 +87,9 @@ impl Node {
         if !state.members.in_view(&request.from) {
             return Err(NodeError::NotInView(request.from));
         }
-        Ok(state.replica.delta_for(&request.clock))
+        let after = request.after.as_deref();
+        Ok(state
+            .replica
+            .delta_chunk(&request.clock, after, SYNC_CHUNK_BYTES))
     }
 }
