@@ -43,7 +43,8 @@ enum Command {
     Delete(KeyArgs),
     /// Show or change the view.
     View(ViewArgs),
-    /// Run a randomized session workload and check the history for causal violations.
+    /// Run a randomized session workload and check the history for causal violations
+    /// (exit 0: clean, 1: violations found, 2: could not run).
     Check(CheckArgs),
     /// Measure throughput and latency over the HTTP contract.
     Bench(BenchArgs),
@@ -82,9 +83,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get(args) => client(cli::Request::Get(args)),
         Command::Delete(args) => client(cli::Request::Delete(args)),
         Command::View(args) => client(cli::Request::View(args)),
-        Command::Check(args) => match runtime.block_on(check::run(args))? {
-            true => ExitCode::SUCCESS,
-            false => ExitCode::from(1),
+        Command::Check(args) => match runtime.block_on(check::run(args)) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(error) => {
+                eprintln!("causalkv: {error}");
+                ExitCode::from(2)
+            }
         },
         Command::Bench(args) => {
             runtime.block_on(bench::run(args))?;
