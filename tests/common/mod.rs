@@ -19,6 +19,8 @@
 
 #![allow(dead_code)]
 
+pub mod docker;
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
