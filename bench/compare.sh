@@ -1,0 +1,351 @@
+#!/usr/bin/env bash
+# bench/compare.sh — causalkv against Redis and etcd: one command, one machine, one run.
+#
+# Builds causalkv (release), then, one system at a time so that none competes with an idle
+# other for the CPU:
+#   * a 3-replica causalkv cluster, driven by `causalkv bench` (HTTP contract);
+#   * a Redis primary with two replicas (Debian's redis-server), driven by redis-benchmark
+#     at the same concurrency, key count and value size (GET, SET; workload A runs a SET
+#     and a GET benchmark side by side, half the clients each);
+#   * a 3-member etcd cluster (Debian's etcd-server), driven by `causalkv bench --target
+#     etcd` through etcd's JSON gateway (/v3/kv/put, /v3/kv/range, serializable reads);
+# runs the same workloads on each, prints one table with the ratios of causalkv to each
+# peer, and saves JSON, the raw reports and a PNG chart under bench/results/compare-STAMP/.
+#
+# Everything listens on 127.0.0.1 only, lives in a temp dir, and every process this script
+# starts is stopped by its PID when it ends, fails or is interrupted. Every load is bounded
+# in time. Installs redis-server, redis-tools, etcd-server, etcd-client, curl and
+# fonts-dejavu-core with apt-get when missing (as root, or through sudo).
+#
+# Usage: bench/compare.sh [--duration SECONDS] [--warmup SECONDS] [--concurrency N]
+#                         [--keys K] [--value-size BYTES] [--workloads "c write a"]
+#                         [--systems "causalkv redis etcd"] [--port-base P]
+#                         [--causalkv-threads N]
+# --causalkv-threads N runs each causalkv replica with N async worker threads
+# (TOKIO_WORKER_THREADS; default: one per core, as a replica starts by default).
+# The original Python/Flask system is not available on this machine and is not run.
+
+set -euo pipefail
+
+DURATION=10
+WARMUP=2
+CONCURRENCY=16
+KEYS=1000
+VALUE_SIZE=32
+WORKLOADS="c write a"
+SYSTEMS="causalkv redis etcd"
+PORT_BASE=17100
+CAUSALKV_THREADS=
+
+usage() { sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --duration) DURATION=$2; shift 2 ;;
+        --warmup) WARMUP=$2; shift 2 ;;
+        --concurrency) CONCURRENCY=$2; shift 2 ;;
+        --keys) KEYS=$2; shift 2 ;;
+        --value-size) VALUE_SIZE=$2; shift 2 ;;
+        --workloads) WORKLOADS=$2; shift 2 ;;
+        --systems) SYSTEMS=$2; shift 2 ;;
+        --port-base) PORT_BASE=$2; shift 2 ;;
+        --causalkv-threads) CAUSALKV_THREADS=$2; shift 2 ;;
+        -h|--help) usage 0 ;;
+        *) echo "compare.sh: unknown option $1" >&2; usage 2 >&2 ;;
+    esac
+done
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT="$ROOT/bench/results/compare-$STAMP"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/causalkv-compare.XXXXXX")
+PIDS=()
+LOAD_TIMEOUT=$((DURATION * 3 + WARMUP + 60))
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { echo "compare.sh: $*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- processes
+
+# Stops the given PIDs: SIGTERM, then SIGKILL after 5 s.
+stop_pids() {
+    local pid
+    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for _ in $(seq 50); do
+        local alive=0
+        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+}
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    if [ ${#PIDS[@]} -gt 0 ]; then stop_pids "${PIDS[@]}"; fi
+    if [ "$status" = 0 ]; then
+        rm -rf "$WORK"
+    else
+        echo "compare.sh: failed (status $status); logs kept in $WORK" >&2
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Starts a command in the background, its output in $WORK/logs/NAME.log; records its PID.
+start() {
+    local name=$1; shift
+    mkdir -p "$WORK/logs"
+    "$@" >>"$WORK/logs/$name.log" 2>&1 &
+    PIDS+=($!)
+}
+
+# Stops every process started so far.
+stop_all() {
+    if [ ${#PIDS[@]} -gt 0 ]; then stop_pids "${PIDS[@]}"; fi
+    PIDS=()
+}
+
+# wait_until SECONDS WHAT COMMAND...: polls COMMAND every 0.2 s.
+wait_until() {
+    local seconds=$1 what=$2; shift 2
+    local deadline=$((SECONDS + seconds))
+    until "$@" >/dev/null 2>&1; do
+        [ "$SECONDS" -lt "$deadline" ] || die "$what not ready within ${seconds}s (logs: $WORK/logs)"
+        sleep 0.2
+    done
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+check_ports() {
+    local port
+    for port in "$@"; do port_free "$port" || die "port $port is in use (try --port-base)"; done
+}
+
+# ---------------------------------------------------------------- setup
+
+install_missing() {
+    local missing=()
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    command -v redis-benchmark >/dev/null || missing+=(redis-tools)
+    command -v etcd >/dev/null || missing+=(etcd-server)
+    command -v etcdctl >/dev/null || missing+=(etcd-client)
+    command -v curl >/dev/null || missing+=(curl)
+    [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
+    [ ${#missing[@]} -eq 0 ] && return
+    local sudo=
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null || die "need root (or sudo) to install: ${missing[*]}"
+        sudo=sudo
+    fi
+    say "installing ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >&2
+}
+
+build() {
+    say "building causalkv (release)"
+    (cd "$ROOT" && cargo build --release --quiet --bin causalkv)
+    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/causalkv"
+    [ -x "$BIN" ] || die "no binary at $BIN"
+}
+
+# The options every `causalkv bench` run shares.
+bench_args() {
+    BENCH_ARGS=(--concurrency "$CONCURRENCY" --keys "$KEYS" --value-size "$VALUE_SIZE"
+        --duration "${DURATION}s" --warmup "${WARMUP}s" --prepopulate --json)
+}
+
+# ---------------------------------------------------------------- causalkv
+
+view_lists_all() {
+    local addr=$1 view=$2 count
+    count=$(curl -sf --max-time 1 "http://$addr/view" | grep -o '"127\.0\.0\.1:[0-9]*"' | sort -u | wc -l)
+    [ "$count" -eq "$(echo "$view" | tr ',' '\n' | wc -l)" ]
+}
+
+run_causalkv() {
+    local p=$PORT_BASE
+    local view="127.0.0.1:$p,127.0.0.1:$((p + 1)),127.0.0.1:$((p + 2))"
+    check_ports "$p" $((p + 1)) $((p + 2))
+    say "causalkv: 3 replicas on $view"
+    local i
+    local threads=()
+    [ -z "$CAUSALKV_THREADS" ] || threads=(env "TOKIO_WORKER_THREADS=$CAUSALKV_THREADS")
+    for i in 0 1 2; do
+        start "causalkv-$i" "${threads[@]}" "$BIN" serve --listen "127.0.0.1:$((p + i))" --view "$view"
+    done
+    for i in 0 1 2; do
+        wait_until 30 "causalkv replica $i" view_lists_all "127.0.0.1:$((p + i))" "$view"
+    done
+    local w
+    for w in $WORKLOADS; do
+        say "causalkv: workload $w"
+        timeout "$LOAD_TIMEOUT" "$BIN" bench --replica "$view" --label causalkv \
+            --workload "$w" "${BENCH_ARGS[@]}" >"$WORK/causalkv-$w.json"
+    done
+    stop_all
+}
+
+# ---------------------------------------------------------------- redis
+
+redis_replicas_online() {
+    [ "$(redis-cli -h 127.0.0.1 -p "$1" info replication | grep -c 'state=online')" -eq 2 ]
+}
+
+# redis-benchmark with the common options; extra options follow.
+redis_bench() {
+    timeout "$LOAD_TIMEOUT" redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -r "$KEYS" \
+        -d "$VALUE_SIZE" --csv "$@"
+}
+
+# The requests per second of a redis-benchmark CSV.
+csv_rps() { awk -F, 'NR == 2 { gsub(/"/, ""); print $2 }' "$1"; }
+
+# redis_row WORKLOAD NOTE RPS CSV...: one report row from one CSV, or from two run side by
+# side: p50 averaged weighted by throughput, p99 the worse; throughput RPS if not empty,
+# else the CSV's.
+redis_row() {
+    local workload=$1 note=$2 rps=$3
+    shift 3
+    awk -F, -v workload="$workload" -v note="$note" -v total="$rps" '
+        FNR == 2 { gsub(/"/, ""); rps += $2; p50 += $2 * $5; if ($7 + 0 > p99 + 0) p99 = $7 }
+        END {
+            if (total == "") total = rps
+            printf "{\"system\":\"redis\",\"workload\":\"%s\",\"throughput_ops_s\":%.2f,", workload, total
+            printf "\"overall\":{\"latency\":{\"p50_ms\":%.3f,\"p99_ms\":%.3f}},", (rps ? p50 / rps : 0), p99
+            printf "\"note\":\"%s\"}\n", note
+        }' "$@"
+}
+
+# Workload A: a SET and a GET redis-benchmark side by side, half the clients each; the
+# throughput is all their requests over the wall time of the pair.
+redis_mixed() {
+    local n=$1 half=$2
+    local t0 t1
+    t0=$(date +%s%N)
+    redis_bench -c "$half" -n $((n / 2)) -t set >"$WORK/redis-a-set.csv" &
+    local set_pid=$!
+    PIDS+=("$set_pid")
+    redis_bench -c "$half" -n $((n / 2)) -t get >"$WORK/redis-a-get.csv"
+    wait "$set_pid"
+    t1=$(date +%s%N)
+    local rps
+    rps=$(awk -v n=$(((n / 2) * 2)) -v ns=$((t1 - t0)) 'BEGIN { printf "%.2f", n / (ns / 1e9) }')
+    redis_row A "SET and GET redis-benchmark side by side, $half clients each" "$rps" \
+        "$WORK/redis-a-set.csv" "$WORK/redis-a-get.csv" >"$WORK/redis-a.json"
+}
+
+run_redis() {
+    local p=$((PORT_BASE + 10))
+    REDIS_PORT=$p
+    check_ports "$p" $((p + 1)) $((p + 2))
+    say "redis: primary on 127.0.0.1:$p, replicas on :$((p + 1)) and :$((p + 2))"
+    local i
+    for i in 0 1 2; do
+        mkdir -p "$WORK/redis-$i"
+        local replica_of=()
+        [ "$i" = 0 ] || replica_of=(--replicaof 127.0.0.1 "$p")
+        start "redis-$i" redis-server --port $((p + i)) --bind 127.0.0.1 --protected-mode yes \
+            --save '' --appendonly no --dir "$WORK/redis-$i" --daemonize no "${replica_of[@]}"
+    done
+    wait_until 30 "redis replication" redis_replicas_online "$p"
+    say "redis: prepopulating and calibrating"
+    redis_bench -c "$CONCURRENCY" -n $((KEYS * 20)) -t set >/dev/null
+    redis_bench -c "$CONCURRENCY" -n 100000 -t get >"$WORK/redis-calibrate.csv"
+    local rps n
+    rps=$(csv_rps "$WORK/redis-calibrate.csv")
+    n=$(awk -v r="$rps" -v d="$DURATION" 'BEGIN { n = int(r * d); print (n < 1000 ? 1000 : n) }')
+    local half=$((CONCURRENCY / 2)) w
+    [ "$half" -ge 1 ] || half=1
+    for w in $WORKLOADS; do
+        say "redis: workload $w ($n requests)"
+        case "$w" in
+            c|C) redis_bench -c "$CONCURRENCY" -n "$n" -t get >"$WORK/redis-c.csv"
+                 redis_row C "redis-benchmark GET" "" "$WORK/redis-c.csv" >"$WORK/redis-c.json" ;;
+            write) redis_bench -c "$CONCURRENCY" -n "$n" -t set >"$WORK/redis-write.csv"
+                 redis_row write "redis-benchmark SET" "" "$WORK/redis-write.csv" >"$WORK/redis-write.json" ;;
+            a|A) redis_mixed "$n" "$half" ;;
+            *) echo "compare.sh: redis has no workload $w; skipped" >&2 ;;
+        esac
+    done
+    stop_all
+}
+
+# ---------------------------------------------------------------- etcd
+
+etcd_answers() {
+    curl -sf --max-time 1 -X POST -d '{"key":"AA=="}' "http://$1/v3/kv/range"
+}
+
+run_etcd() {
+    local c=$((PORT_BASE + 20)) peer=$((PORT_BASE + 30))
+    check_ports "$c" $((c + 1)) $((c + 2)) "$peer" $((peer + 1)) $((peer + 2))
+    local cluster="e0=http://127.0.0.1:$peer,e1=http://127.0.0.1:$((peer + 1)),e2=http://127.0.0.1:$((peer + 2))"
+    local endpoints="127.0.0.1:$c,127.0.0.1:$((c + 1)),127.0.0.1:$((c + 2))"
+    say "etcd: 3 members on $endpoints"
+    local i
+    for i in 0 1 2; do
+        start "etcd-$i" etcd --name "e$i" --data-dir "$WORK/etcd-$i" \
+            --listen-client-urls "http://127.0.0.1:$((c + i))" \
+            --advertise-client-urls "http://127.0.0.1:$((c + i))" \
+            --listen-peer-urls "http://127.0.0.1:$((peer + i))" \
+            --initial-advertise-peer-urls "http://127.0.0.1:$((peer + i))" \
+            --initial-cluster "$cluster" --initial-cluster-token causalkv-compare \
+            --initial-cluster-state new --logger zap --log-level warn
+    done
+    for i in 0 1 2; do
+        wait_until 60 "etcd member $i" etcd_answers "127.0.0.1:$((c + i))"
+    done
+    local w
+    for w in $WORKLOADS; do
+        say "etcd: workload $w"
+        timeout "$LOAD_TIMEOUT" "$BIN" bench --target etcd --replica "$endpoints" --label etcd \
+            --workload "$w" "${BENCH_ARGS[@]}" >"$WORK/etcd-$w.json"
+    done
+    stop_all
+}
+
+# ---------------------------------------------------------------- main
+
+environment() {
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "cores: $(nproc); memory: $(free -h | awk '/^Mem:/ { print $2 }'); kernel: $(uname -r)"
+    echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "causalkv: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (with local changes)')"
+    echo "redis: $(redis-server --version | head -1)"
+    echo "etcd: $(etcd --version 2>/dev/null | head -1)"
+    echo "causalkv replicas' worker threads: ${CAUSALKV_THREADS:-default (one per core)}"
+    echo "parameters: concurrency $CONCURRENCY, keys $KEYS, value size $VALUE_SIZE B, duration ${DURATION}s, warm-up ${WARMUP}s (causalkv bench only), workloads $WORKLOADS"
+    echo "original Python/Flask system: not available on this machine, not run"
+}
+
+main() {
+    install_missing
+    build
+    bench_args
+    environment >"$WORK/environment.txt"
+    local system
+    for system in $SYSTEMS; do
+        case "$system" in
+            causalkv) run_causalkv ;;
+            redis) run_redis ;;
+            etcd) run_etcd ;;
+            *) die "unknown system $system" ;;
+        esac
+    done
+    mkdir -p "$OUT/raw"
+    cp "$WORK"/*.json "$OUT/raw/"
+    cp "$WORK/environment.txt" "$OUT/"
+    say "results"
+    cat "$OUT/environment.txt"
+    echo
+    "$BIN" bench --summarize "$OUT"/raw/*.json --save "$OUT/summary"
+    echo "saved in $OUT"
+}
+
+main
