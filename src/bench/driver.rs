@@ -233,11 +233,7 @@ struct RangeAnswer {
 
 impl EtcdDriver {
     fn new(config: &DriverConfig, payload: &str) -> Result<EtcdDriver, BenchError> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(256)
-            .build()
+        let http = crate::client::pooled_http()
             .map_err(|e| BenchError::Setup(format!("cannot build an HTTP client: {e}")))?;
         let urls = |path: &str| {
             config

@@ -102,11 +102,7 @@ pub struct Client {
 impl Client {
     /// A client whose requests each give up after `timeout`.
     pub fn new(timeout: Duration) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(256)
-            .build()
+        let http = pooled_http()
             .map_err(|e| ClientError::BadRequest(format!("cannot build an HTTP client: {e}")))?;
         Ok(Client { http, timeout })
     }
@@ -252,6 +248,15 @@ impl Client {
             }
         }
     }
+}
+
+/// The HTTP client every load-generating tool uses: keep-alive pool, no proxy, no Nagle.
+pub fn pooled_http() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(256)
+        .build()
 }
 
 /// `/kvs/<key>` with the key percent-encoded as one path segment's worth of characters.
