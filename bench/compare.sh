@@ -21,8 +21,9 @@
 #                         [--keys K] [--value-size BYTES] [--workloads "c write a"]
 #                         [--systems "causalkv redis etcd"] [--port-base P]
 #                         [--causalkv-threads N]
-# --causalkv-threads N runs each causalkv replica with N async worker threads
-# (TOKIO_WORKER_THREADS; default: one per core, as a replica starts by default).
+# --causalkv-threads N runs each causalkv replica with N worker threads
+# (`serve --worker-threads`; default: the machine's cores split among the three replicas,
+# as `causalkv cluster` does, since they share this machine).
 # The original Python/Flask system is not available on this machine and is not run.
 
 set -euo pipefail
@@ -174,8 +175,10 @@ run_causalkv() {
     check_ports "$p" $((p + 1)) $((p + 2))
     say "causalkv: 3 replicas on $view"
     local i
-    local threads=()
-    [ -z "$CAUSALKV_THREADS" ] || threads=(env "TOKIO_WORKER_THREADS=$CAUSALKV_THREADS")
+    # Three replicas share this machine: by default each gets an equal share of its cores,
+    # as `causalkv cluster` gives them (Redis runs one main thread per instance).
+    local share=$(($(nproc) / 3))
+    local threads=(env "CAUSALKV_WORKER_THREADS=${CAUSALKV_THREADS:-$((share > 0 ? share : 1))}")
     for i in 0 1 2; do
         start "causalkv-$i" "${threads[@]}" "$BIN" serve --listen "127.0.0.1:$((p + i))" --view "$view"
     done
@@ -319,7 +322,7 @@ environment() {
     echo "causalkv: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (with local changes)')"
     echo "redis: $(redis-server --version | head -1)"
     echo "etcd: $(etcd --version 2>/dev/null | head -1)"
-    echo "causalkv replicas' worker threads: ${CAUSALKV_THREADS:-default (one per core)}"
+    echo "causalkv replicas' worker threads: ${CAUSALKV_THREADS:-cores split among replicas ($(nproc) / 3, at least 1)}"
     echo "parameters: concurrency $CONCURRENCY, keys $KEYS, value size $VALUE_SIZE B, duration ${DURATION}s, warm-up ${WARMUP}s (causalkv bench only), workloads $WORKLOADS"
     echo "original Python/Flask system: not available on this machine, not run"
 }

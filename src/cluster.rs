@@ -1,6 +1,7 @@
 //! `causalkv cluster`: a local cluster for trying causalkv out.
 //!
-//! Starts N `causalkv serve` processes on loopback, each told the whole view, prefixes
+//! Starts N `causalkv serve` processes on loopback, each told the whole view and given an
+//! equal share of the machine's cores as worker threads, prefixes
 //! their log lines with the replica's name, prints where they listen and a `curl` to try,
 //! and on Ctrl-C (or SIGTERM) stops them all: SIGTERM first, SIGKILL after a grace period.
 
@@ -65,7 +66,7 @@ pub async fn run(args: ClusterArgs) -> Result<(), ClusterError> {
         .join(",");
     let mut replicas = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
-        replicas.push(spawn_replica(i + 1, *addr, &view, &args.serve_args)?);
+        replicas.push(spawn_replica(i + 1, *addr, &view, &args)?);
     }
     let outcome = tokio::select! {
         ready = wait_ready(&addrs) => ready,
@@ -98,16 +99,24 @@ fn addresses(args: &ClusterArgs) -> Result<Vec<SocketAddr>, ClusterError> {
         .collect())
 }
 
+/// Worker threads per replica: the replicas share this machine, so they split its cores.
+fn threads_per_replica(replicas: u16) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / usize::from(replicas.max(1))).max(1)
+}
+
 fn spawn_replica(
     number: usize,
     addr: SocketAddr,
     view: &str,
-    extra: &[String],
+    args: &ClusterArgs,
 ) -> Result<Replica, ClusterError> {
+    let threads = threads_per_replica(args.replicas).to_string();
     let mut child = Command::new(std::env::current_exe()?)
         .arg("serve")
         .args(["--listen", &addr.to_string(), "--view", view])
-        .args(extra)
+        .env("CAUSALKV_WORKER_THREADS", threads)
+        .args(&args.serve_args)
         .env_remove("SOCKET_ADDRESS")
         .env_remove("VIEW")
         .stdin(Stdio::null())

@@ -67,7 +67,18 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Serve(ServeArgs {
+        worker_threads: Some(threads),
+        ..
+    }) = &cli.command
+    {
+        builder.worker_threads((*threads).max(1));
+    }
+    let runtime = builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     let client = |request| ExitCode::from(runtime.block_on(cli::run(request)));
     Ok(match cli.command {
         Command::Serve(args) => {
