@@ -2,7 +2,7 @@
 //!
 //! # Convergence rule
 //!
-//! Every write carries a [`Version`]: its Lamport time, then its incarnation as a tie-break.
+//! Every write carries a version: its Lamport time, then its incarnation as a tie-break.
 //! A replica keeps, per key, the write with the highest version it has applied, deletes
 //! included (as tombstones). Applying is therefore a join: commutative, associative and
 //! idempotent, so replicas that applied the same set of writes, in any order, hold the
@@ -22,20 +22,13 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::causal::{Clock, Dot, Incarnation};
+use crate::causal::{Clock, Dot};
 
 /// A key, at most 50 characters (checked by the API).
 pub type Key = Arc<str>;
 
 /// A JSON value other than `null`, kept as its serialized text.
 pub type Value = Arc<RawValue>;
-
-/// Orders concurrent writes to one key, identically on every replica.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Version {
-    pub lamport: u64,
-    pub inc: Incarnation,
-}
 
 /// What a key holds: the winning write.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -59,13 +52,7 @@ impl Entry {
         Ok(())
     }
 
-    pub fn version(&self) -> Version {
-        Version {
-            lamport: self.lamport,
-            inc: self.dot.inc.clone(),
-        }
-    }
-
+    /// True when this entry's version, `(Lamport time, incarnation)`, is above `other`'s.
     fn beats(&self, other: &Entry) -> bool {
         (self.lamport, &self.dot.inc) > (other.lamport, &other.dot.inc)
     }

@@ -145,15 +145,6 @@ impl Clock {
             .all(|(inc, seq)| self.covers_seq(inc, *seq))
     }
 
-    /// The first entry of `other` that this clock does not cover, for diagnostics.
-    pub fn first_missing<'a>(&self, other: &'a Clock) -> Option<(&'a Incarnation, u64)> {
-        other
-            .entries
-            .iter()
-            .find(|(inc, seq)| !self.covers_seq(inc, **seq))
-            .map(|(inc, seq)| (inc, *seq))
-    }
-
     pub fn compare(&self, other: &Clock) -> Causality {
         match (self.covers_clock(other), other.covers_clock(self)) {
             (true, true) => Causality::Equal,
