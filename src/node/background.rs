@@ -105,8 +105,10 @@ async fn probe_loop(node: Arc<Node>) {
         ticker.tick().await;
         let (targets, message) = {
             let mut state = node.lock();
-            let targets: Vec<Addr> = state.members.probe_targets();
-            let targets: Vec<Addr> = targets
+            // A peer whose last probe is still out (silent) is not probed twice at once.
+            let targets: Vec<Addr> = state
+                .members
+                .probe_targets()
                 .into_iter()
                 .filter(|p| state.probing.insert(p.clone()))
                 .collect();
