@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use common::{
     CONTRACT_HEAL, ERR_NO_KEY, Node, Reply, SETTLE_TIMEOUT, Session, TestCluster, poll_until,
-    until_served, within,
+    until_served, until_views, within,
 };
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
@@ -79,22 +79,6 @@ async fn until_agreed(nodes: &[&Node], key: &str, deadline: Instant) -> Value {
         }
     })
     .await
-}
-
-/// Waits until the view of every node in `nodes` is exactly `expected`.
-async fn until_views(nodes: &[&Node], expected: &BTreeSet<String>, deadline: Instant) {
-    for node in nodes {
-        let what = format!("the view of {} is {expected:?}", node.addr());
-        poll_until(deadline, &what, async || {
-            let view = node.try_view().await?;
-            if view == *expected {
-                Ok(())
-            } else {
-                Err(format!("{view:?}"))
-            }
-        })
-        .await;
-    }
 }
 
 #[tokio::test]

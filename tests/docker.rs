@@ -20,9 +20,8 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::docker::{
-    ALICE, BOB, CAROL, Deployment, addr, full_view, get_served, until_holds, until_views,
-};
+use common::docker::{ALICE, BOB, CAROL, Deployment, addr, full_view, get_served, until_holds};
+use common::until_views;
 use common::{CONTRACT_HEAL, ERR_CAUSAL, SETTLE_TIMEOUT, within};
 use serde_json::{Value, json};
 

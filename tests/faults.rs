@@ -39,8 +39,9 @@ use causalkv::check::workload::{self, SplitMix64, WorkloadConfig};
 use causalkv::client::{Client, Metadata};
 use common::docker::{
     ALICE, BOB, CAROL, Contents, Deployment, NAMES, REPLICAS, bulk_client, check_views, full_view,
-    get_served, read_contents, until_holds, until_views, view_of,
+    get_served, read_contents, until_holds, view_of,
 };
+use common::until_views;
 use common::{
     Body, CONTRACT_HEAL, Node, Reply, SETTLE_TIMEOUT, Session, kvs_path, poll_until, within,
 };

@@ -305,22 +305,6 @@ pub async fn check_views(nodes: &[Node], expected: &BTreeSet<String>) -> Result<
     Ok(())
 }
 
-/// Waits until the view of each of `nodes` is exactly `expected`.
-pub async fn until_views(nodes: &[Node], expected: &BTreeSet<String>, deadline: Instant) {
-    for node in nodes {
-        let what = format!("the view at {} is {expected:?}", node.addr());
-        poll_until(deadline, &what, async || {
-            let view = node.try_view().await?;
-            if view == *expected {
-                Ok(())
-            } else {
-                Err(format!("{view:?}"))
-            }
-        })
-        .await;
-    }
-}
-
 /// Waits until `node` reads `key` as `value` with null metadata.
 pub async fn until_holds(node: &Node, key: &str, value: &Value, deadline: Instant) {
     let what = format!("{} holds {key} = {value}", node.addr());

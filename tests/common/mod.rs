@@ -80,6 +80,27 @@ pub async fn poll_until<T>(
     }
 }
 
+/// Waits until the view of each of `nodes` is exactly `expected`.
+pub async fn until_views(
+    nodes: &[impl std::borrow::Borrow<Node>],
+    expected: &BTreeSet<String>,
+    deadline: Instant,
+) {
+    for node in nodes {
+        let node = node.borrow();
+        let what = format!("the view at {} is {expected:?}", node.addr());
+        poll_until(deadline, &what, async || {
+            let view = node.try_view().await?;
+            if view == *expected {
+                Ok(())
+            } else {
+                Err(format!("{view:?}"))
+            }
+        })
+        .await;
+    }
+}
+
 /// Repeats a KVS request while it answers 503 (as a client is told to), up to
 /// `deadline`; returns the first other answer.
 pub async fn until_served(
