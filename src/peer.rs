@@ -128,6 +128,9 @@ pub fn spawn_link<O: LinkOwner>(owner: Arc<O>, peer: Addr, capacity: usize) -> L
 
 async fn run_link<O: LinkOwner>(owner: Arc<O>, peer: Addr, mut rx: mpsc::Receiver<Outgoing>) {
     while let Some(first) = rx.recv().await {
+        // Let request handlers that are already runnable queue their writes first, so
+        // that writes arriving together travel together.
+        tokio::task::yield_now().await;
         let batch = fill_batch(first, &mut rx);
         if owner.may_send_to(&peer) {
             send_batch(&*owner, &peer, batch).await;
