@@ -155,7 +155,8 @@ impl Replica {
         self.store.apply(key.clone(), entry.clone());
         self.clock.advance(&dot);
         let deps = deps.without_retired(&self.clock);
-        let metadata = self.metadata_with(&deps, Some(&dot));
+        let mut metadata = deps.clone();
+        metadata.advance(&dot);
         Ok(LocalWrite {
             existed,
             write: Write { key, entry, deps },

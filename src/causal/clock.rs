@@ -199,12 +199,12 @@ impl Clock {
     /// This clock's entries minus those retired by `floors` of another clock: what a
     /// client still needs to carry.
     pub fn without_retired(&self, floors: &Clock) -> Clock {
-        Clock::from_entries(
-            self.entries
-                .iter()
-                .filter(|(inc, _)| !floors.is_retired(inc))
-                .map(|(inc, seq)| (inc.clone(), *seq)),
-        )
+        let mut entries = self.entries.clone();
+        entries.retain(|inc, _| !floors.is_retired(inc));
+        Clock {
+            entries,
+            floors: BTreeMap::new(),
+        }
     }
 
     /// The highest epoch this clock knows for `addr`, retired ones included.

@@ -259,12 +259,12 @@ impl Node {
             return;
         };
         let mut current: HashMap<Addr, u64> = HashMap::from([(me.addr, me.epoch)]);
-        let mut clocks: Vec<Clock> = Vec::new();
+        let mut clocks: Vec<&Clock> = Vec::new();
         for (addr, status, epoch, clock) in state.members.members() {
             match (status, epoch, clock) {
                 (Status::Up, Some(epoch), Some(clock)) => {
                     current.insert(addr.clone(), epoch);
-                    clocks.push(clock.clone());
+                    clocks.push(clock);
                 }
                 _ => return,
             }
@@ -282,7 +282,7 @@ impl Node {
 fn retirable_floors(
     mine: &Clock,
     current: &HashMap<Addr, u64>,
-    others: &[Clock],
+    others: &[&Clock],
 ) -> Vec<(Addr, u64)> {
     // Per address: the floor so far, and whether an unsettled entry has frozen it
     // (entries are ordered by epoch: nothing above an unsettled one may retire).
@@ -308,7 +308,7 @@ fn retirable_floors(
         .collect()
 }
 
-fn settled(inc: &Incarnation, seq: u64, others: &[Clock]) -> bool {
+fn settled(inc: &Incarnation, seq: u64, others: &[&Clock]) -> bool {
     others
         .iter()
         .all(|clock| clock.is_retired(inc) || clock.get(inc) == seq)
@@ -331,7 +331,7 @@ mod tests {
     fn a_dead_incarnation_retires_once_everyone_agrees() {
         let mine = clock(&[("a", 1, 5), ("a", 2, 1), ("b", 1, 3)]);
         let live = current(&[("a", 2), ("b", 1)]);
-        let floors = retirable_floors(&mine, &live, std::slice::from_ref(&mine));
+        let floors = retirable_floors(&mine, &live, &[&mine]);
         assert_eq!(floors, vec![(Addr::from("a"), 2)]);
     }
 
@@ -340,14 +340,14 @@ mod tests {
         let mine = clock(&[("a", 1, 5), ("a", 2, 1)]);
         let behind = clock(&[("a", 1, 4), ("a", 2, 1)]);
         let live = current(&[("a", 2)]);
-        assert!(retirable_floors(&mine, &live, &[behind]).is_empty());
+        assert!(retirable_floors(&mine, &live, &[&behind]).is_empty());
     }
 
     #[test]
     fn live_incarnations_never_retire() {
         let mine = clock(&[("a", 1, 5), ("b", 1, 3)]);
         let live = current(&[("a", 1), ("b", 1)]);
-        assert!(retirable_floors(&mine, &live, std::slice::from_ref(&mine)).is_empty());
+        assert!(retirable_floors(&mine, &live, &[&mine]).is_empty());
     }
 
     #[test]
@@ -356,7 +356,7 @@ mod tests {
         let other = clock(&[("a", 1, 5), ("a", 2, 6), ("a", 3, 1)]);
         let live = current(&[("a", 3)]);
         assert_eq!(
-            retirable_floors(&mine, &live, &[other]),
+            retirable_floors(&mine, &live, &[&other]),
             vec![(Addr::from("a"), 2)]
         );
     }
