@@ -18,6 +18,11 @@ use causalkv::cluster::{self, ClusterArgs};
 use causalkv::config::ServeArgs;
 use causalkv::server;
 
+/// mimalloc: per-thread free lists suit a server that allocates many small, short-lived
+/// buffers per request on several threads (measured in bench/compare.sh).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "causalkv",
