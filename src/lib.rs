@@ -29,4 +29,5 @@ pub mod peer;
 pub mod replica;
 pub mod server;
 pub mod store;
+pub mod varint;
 pub mod wire;

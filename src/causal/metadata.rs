@@ -13,6 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
 use super::clock::{Clock, Incarnation};
+use crate::varint::{self, Reader};
 
 const VERSION: u8 = 1;
 /// Upper bounds that keep decoding cheap whatever a client sends.
@@ -33,12 +34,12 @@ pub enum MetadataError {
 /// Encodes `clock`'s entries (floors are not sent to clients).
 pub fn encode(clock: &Clock) -> String {
     let mut bytes = vec![VERSION];
-    put_varint(&mut bytes, clock.len() as u64);
+    varint::put(&mut bytes, clock.len() as u64);
     for (inc, seq) in clock.entries() {
-        put_varint(&mut bytes, inc.addr.len() as u64);
+        varint::put(&mut bytes, inc.addr.len() as u64);
         bytes.extend_from_slice(inc.addr.as_bytes());
-        put_varint(&mut bytes, inc.epoch);
-        put_varint(&mut bytes, seq);
+        varint::put(&mut bytes, inc.epoch);
+        varint::put(&mut bytes, seq);
     }
     let crc = crc32fast::hash(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
@@ -71,7 +72,7 @@ pub fn decode_str(text: &str) -> Result<Clock, MetadataError> {
 }
 
 fn parse_body(body: &[u8]) -> Option<Clock> {
-    let mut reader = Reader { bytes: body };
+    let mut reader = Reader::new(body);
     if reader.byte()? != VERSION {
         return None;
     }
@@ -88,50 +89,9 @@ fn parse_body(body: &[u8]) -> Option<Clock> {
         entries.push((Incarnation::new(addr, epoch), seq));
     }
     reader
-        .bytes
+        .rest()
         .is_empty()
         .then(|| Clock::from_entries(entries))
-}
-
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn byte(&mut self) -> Option<u8> {
-        let (first, rest) = self.bytes.split_first()?;
-        self.bytes = rest;
-        Some(*first)
-    }
-
-    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
-        if len > self.bytes.len() {
-            return None;
-        }
-        let (head, rest) = self.bytes.split_at(len);
-        self.bytes = rest;
-        Some(head)
-    }
-
-    fn varint(&mut self) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = self.byte()?;
-            value |= u64::from(byte & 0x7f).checked_shl(shift)?;
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
 }
 
 #[cfg(test)]
