@@ -49,7 +49,8 @@ pub struct Missing {
 /// A successful read.
 #[derive(Debug)]
 pub struct Found {
-    pub value: Value,
+    /// JSON text.
+    pub value: Box<str>,
     pub metadata: Clock,
 }
 
@@ -197,8 +198,8 @@ impl Node {
             let replica = &state.replica;
             match replica.read(key) {
                 Read::Found { value, dot } => Ok(Found {
-                    value: value.clone(),
-                    metadata: replica.metadata_with(deps, Some(dot)),
+                    value: value.into(),
+                    metadata: replica.metadata_with(deps, Some(&dot)),
                 }),
                 read => Err(Missing {
                     metadata: replica.metadata_with(deps, deleted_by(&read)),
@@ -329,7 +330,7 @@ impl Node {
 /// Extra time a writer waits past the replication timeout, for the link to report.
 const ACK_SLACK: Duration = Duration::from_millis(100);
 
-fn deleted_by<'a>(read: &Read<'a>) -> Option<&'a Dot> {
+fn deleted_by<'a>(read: &'a Read<'_>) -> Option<&'a Dot> {
     match read {
         Read::Deleted { dot } => Some(dot),
         _ => None,
