@@ -29,6 +29,11 @@ use crate::causal::{Clock, Dot, Incarnation};
 use incarnations::Incarnations;
 use record::{Fields, Record};
 
+/// What an entry is counted as in a catch-up chunk beyond its key and value: its version
+/// and framing, and the allocations it takes on both sides while in flight. It keeps a
+/// chunk of many small entries as light as one of a few large values.
+pub const ENTRY_OVERHEAD_BYTES: usize = 256;
+
 /// A key, at most 50 characters (checked by the API).
 pub type Key = Arc<str>;
 
@@ -146,7 +151,7 @@ impl Store {
 
     /// The entries whose write `clock` does not include (what a replica at `clock` misses;
     /// the entries it does include it already holds, or something that beats them), in key
-    /// order after `after`, until their keys and values reach `max_bytes`. Returns them and
+    /// order after `after`, until their [sizes](ENTRY_OVERHEAD_BYTES) reach `max_bytes`. Returns them and
     /// the key to continue after, `None` when the scan is complete.
     pub fn missing_from(
         &self,
@@ -170,7 +175,7 @@ impl Store {
                 let next = found.last().map(|(k, _): &(Key, Entry)| k.clone());
                 return (found, next);
             }
-            bytes += record.payload_len();
+            bytes += record.payload_len() + ENTRY_OVERHEAD_BYTES;
             found.push(self.entry_of(record));
         }
         (found, None)
@@ -302,10 +307,10 @@ pub(crate) mod tests {
                 .map(|(k, _)| k.to_string())
                 .collect::<Vec<_>>()
         };
-        let (first, next) = store.missing_from(&clock, None, 10);
+        let (first, next) = store.missing_from(&clock, None, 2 * ENTRY_OVERHEAD_BYTES);
         assert_eq!(keys(&first), ["c", "d"]);
         assert_eq!(next.as_deref(), Some("d"));
-        let (rest, next) = store.missing_from(&clock, Some("d"), 10);
+        let (rest, next) = store.missing_from(&clock, Some("d"), 2 * ENTRY_OVERHEAD_BYTES);
         assert_eq!(keys(&rest), ["e"]);
         assert_eq!(next, None);
     }
@@ -357,7 +362,7 @@ pub(crate) mod tests {
             let mut chunked = Vec::new();
             let mut after: Option<Key> = None;
             loop {
-                let (chunk, next) = store.missing_from(&clock, after.as_deref(), 6);
+                let (chunk, next) = store.missing_from(&clock, after.as_deref(), 2 * ENTRY_OVERHEAD_BYTES);
                 chunked.extend(chunk.into_iter().map(|(k, _)| k.to_string()));
                 match next {
                     Some(key) => after = Some(key),
