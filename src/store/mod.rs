@@ -15,19 +15,19 @@
 //! A delete is kept as a tombstone so that a late, older write cannot bring the key back.
 //! Tombstones are not collected yet (see docs/ARCHITECTURE.md).
 
+mod blocks;
 mod incarnations;
 mod record;
 
-use std::collections::BTreeSet;
-use std::ops::Bound;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::causal::{Clock, Dot, Incarnation};
+use blocks::Blocks;
 use incarnations::Incarnations;
-use record::{Fields, Record};
+use record::{Fields, RecordRef};
 
 /// What an entry is counted as in a catch-up chunk beyond its key and value: its version
 /// and framing, and the allocations it takes on both sides while in flight. It keeps a
@@ -78,14 +78,14 @@ pub enum Read<'a> {
     Missing,
 }
 
-/// Every key's winning write, as compact [`Record`]s ordered by key.
+/// Every key's winning write, as compact records in key order.
 ///
 /// Ordered so that catch-up can be sent in chunks with a key as cursor. Per key it costs
-/// one allocation of about the size of key and value plus a few bytes of version, and one
-/// slot of a B-tree node (see docs/ARCHITECTURE.md, "Memory").
+/// its record, the key and value's bytes plus a few bytes of version, packed with its
+/// neighbours in [`Blocks`] (see docs/ARCHITECTURE.md, "Memory").
 #[derive(Debug, Default)]
 pub struct Store {
-    records: BTreeSet<Record>,
+    records: Blocks,
     incarnations: Incarnations,
     live: usize,
 }
@@ -104,9 +104,8 @@ impl Store {
         let Some(record) = self.records.get(key.as_bytes()) else {
             return Read::Missing;
         };
-        let fields = record.fields();
-        let dot = self.dot(&fields);
-        match fields.value {
+        let dot = self.dot(&record);
+        match record.value() {
             Some(value) => Read::Found { value, dot },
             None => Read::Deleted { dot },
         }
@@ -116,16 +115,15 @@ impl Store {
         matches!(self.read(key), Read::Found { .. })
     }
 
-    fn dot(&self, fields: &Fields<'_>) -> Dot {
+    fn dot(&self, record: &RecordRef<'_>) -> Dot {
         Dot {
-            inc: self.incarnations.get(fields.incarnation).clone(),
-            seq: fields.seq,
+            inc: self.incarnations.get(record.incarnation).clone(),
+            seq: record.seq,
         }
     }
 
     /// True when `entry`'s version, `(Lamport time, incarnation)`, is above the record's.
-    fn beats(&self, entry: &Entry, record: &Record) -> bool {
-        let held = record.fields();
+    fn beats(&self, entry: &Entry, held: &RecordRef<'_>) -> bool {
         let held_inc: &Incarnation = self.incarnations.get(held.incarnation);
         (entry.lamport, &entry.dot.inc) > (held.lamport, held_inc)
     }
@@ -133,7 +131,7 @@ impl Store {
     /// Keeps `entry` for `key` if it beats what is there. Returns whether it was kept.
     pub fn apply(&mut self, key: Key, entry: Entry) -> bool {
         let was_live = match self.records.get(key.as_bytes()) {
-            Some(held) if !self.beats(&entry, held) => return false,
+            Some(held) if !self.beats(&entry, &held) => return false,
             Some(held) => held.is_live(),
             None => false,
         };
@@ -144,7 +142,7 @@ impl Store {
             value: entry.value.as_deref().map(RawValue::get),
         };
         let is_live = fields.value.is_some();
-        self.records.replace(Record::new(&key, fields));
+        self.records.upsert(&key, fields);
         self.live = self.live + usize::from(is_live) - usize::from(was_live);
         true
     }
@@ -159,24 +157,20 @@ impl Store {
         after: Option<&str>,
         max_bytes: usize,
     ) -> (Vec<(Key, Entry)>, Option<Key>) {
-        let start = after.map_or(Bound::Unbounded, |key| Bound::Excluded(key.as_bytes()));
         let covered = self.covered_by(clock);
         let mut found = Vec::new();
         let mut bytes = 0;
         let missing = self
             .records
-            .range::<[u8], _>((start, Bound::Unbounded))
-            .filter(|record| {
-                let fields = record.fields();
-                fields.seq > covered[fields.incarnation as usize]
-            });
+            .iter_after(after.map(str::as_bytes))
+            .filter(|record| record.seq > covered[record.incarnation as usize]);
         for record in missing {
             if bytes >= max_bytes {
                 let next = found.last().map(|(k, _): &(Key, Entry)| k.clone());
                 return (found, next);
             }
             bytes += record.payload_len() + ENTRY_OVERHEAD_BYTES;
-            found.push(self.entry_of(record));
+            found.push(self.entry_of(&record));
         }
         (found, None)
     }
@@ -195,23 +189,24 @@ impl Store {
     }
 
     /// A record as replicas exchange it.
-    fn entry_of(&self, record: &Record) -> (Key, Entry) {
-        let fields = record.fields();
+    fn entry_of(&self, record: &RecordRef<'_>) -> (Key, Entry) {
         let entry = Entry {
             // Stored text was valid JSON when it was stored; it cannot fail to parse.
-            value: fields
-                .value
+            value: record
+                .value()
                 .and_then(|text| RawValue::from_string(text.to_owned()).ok())
                 .map(Value::from),
-            lamport: fields.lamport,
-            dot: self.dot(&fields),
+            lamport: record.lamport,
+            dot: self.dot(record),
         };
         (Key::from(record.key_str()), entry)
     }
 
     /// All entries, for comparing replicas in tests and tools.
     pub fn iter(&self) -> impl Iterator<Item = (Key, Entry)> + '_ {
-        self.records.iter().map(|record| self.entry_of(record))
+        self.records
+            .iter_after(None)
+            .map(|record| self.entry_of(&record))
     }
 }
 

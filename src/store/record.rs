@@ -1,28 +1,23 @@
-//! One key's winning write, packed into a single allocation.
+//! One key's winning write, packed as bytes.
 //!
 //! A store of many small values pays more for bookkeeping than for data when each key
 //! holds a string, a shared value, an address and several counters on the heap. A record
-//! is one boxed byte string instead:
+//! is a few bytes of header around the key and the value's JSON text:
 //!
 //! ```text
-//! key length (varint) | key | Lamport time (varint) | incarnation id (varint)
-//!                     | sequence number (varint) | value (JSON text; empty = tombstone)
+//! key length | key | Lamport time | incarnation id | sequence number | value length | value
 //! ```
 //!
-//! The incarnation is an id from the store's [`Incarnations`](super::incarnations) table,
-//! so a record holds no pointer but its own. Records order and compare by key alone
-//! (byte order, which is `str` order), and borrow as their key, so a `BTreeSet<Record>` is
-//! a map from key to record that can be searched with a `&[u8]`.
+//! Numbers are LEB128 varints; an empty value is a tombstone (JSON text is never empty).
+//! The incarnation is an id from the store's [`Incarnations`](super::incarnations) table.
+//! Records are concatenated in key order into [`Blocks`](super::blocks).
 //!
-//! Records are made only by [`Record::new`] from a `&str` key and JSON text, so decoding
-//! never meets malformed bytes; its fallbacks exist only to keep it total.
-
-use std::borrow::Borrow;
-use std::cmp::Ordering;
+//! Records are written only by [`encode`] from a `&str` key and JSON text, so decoding
+//! never meets malformed bytes; `decode` returns `None` only at the end of a block.
 
 use crate::varint::{self, Reader};
 
-/// The version and value of a record, decoded.
+/// The version and value of a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fields<'a> {
     pub lamport: u64,
@@ -32,87 +27,88 @@ pub struct Fields<'a> {
     pub value: Option<&'a str>,
 }
 
-#[derive(Debug)]
-pub struct Record(Box<[u8]>);
+/// A record read in place.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordRef<'a> {
+    pub key: &'a [u8],
+    pub lamport: u64,
+    pub incarnation: u32,
+    pub seq: u64,
+    value: &'a [u8],
+}
 
-impl Record {
-    pub fn new(key: &str, fields: Fields<'_>) -> Record {
-        let value = fields.value.unwrap_or("");
-        let mut bytes = Vec::with_capacity(key.len() + value.len() + 16);
-        varint::put(&mut bytes, key.len() as u64);
-        bytes.extend_from_slice(key.as_bytes());
-        varint::put(&mut bytes, fields.lamport);
-        varint::put(&mut bytes, u64::from(fields.incarnation));
-        varint::put(&mut bytes, fields.seq);
-        bytes.extend_from_slice(value.as_bytes());
-        Record(bytes.into_boxed_slice())
+impl<'a> RecordRef<'a> {
+    /// The key as text (it was a `&str` when encoded).
+    pub fn key_str(&self) -> &'a str {
+        std::str::from_utf8(self.key).unwrap_or_default()
     }
 
-    /// The key and a reader positioned after it.
-    fn split(&self) -> (&[u8], Reader<'_>) {
-        let mut reader = Reader::new(&self.0);
-        let len = reader.varint().map_or(0, |len| len as usize);
-        let key = reader.take(len).unwrap_or_default();
-        (key, reader)
-    }
-
-    pub fn key(&self) -> &[u8] {
-        self.split().0
-    }
-
-    pub fn key_str(&self) -> &str {
-        std::str::from_utf8(self.key()).unwrap_or_default()
-    }
-
-    pub fn fields(&self) -> Fields<'_> {
-        let (_, mut reader) = self.split();
-        let lamport = reader.varint().unwrap_or_default();
-        let incarnation = reader.varint().unwrap_or_default() as u32;
-        let seq = reader.varint().unwrap_or_default();
-        let value = std::str::from_utf8(reader.rest()).unwrap_or_default();
-        Fields {
-            lamport,
-            incarnation,
-            seq,
-            value: (!value.is_empty()).then_some(value),
-        }
+    /// The value's JSON text; `None` for a tombstone.
+    pub fn value(&self) -> Option<&'a str> {
+        let text = std::str::from_utf8(self.value).unwrap_or_default();
+        (!text.is_empty()).then_some(text)
     }
 
     pub fn is_live(&self) -> bool {
-        self.fields().value.is_some()
+        !self.value.is_empty()
     }
 
-    /// Bytes of key and value, the measure of a catch-up chunk.
+    /// Bytes of key and value.
     pub fn payload_len(&self) -> usize {
-        let fields = self.fields();
-        self.key().len() + fields.value.map_or(0, str::len)
+        self.key.len() + self.value.len()
+    }
+
+    #[cfg(test)]
+    pub fn fields(&self) -> Fields<'a> {
+        Fields {
+            lamport: self.lamport,
+            incarnation: self.incarnation,
+            seq: self.seq,
+            value: self.value(),
+        }
     }
 }
 
-impl Borrow<[u8]> for Record {
-    fn borrow(&self) -> &[u8] {
-        self.key()
-    }
+/// Appends the record of `key` and `fields` to `out`.
+pub fn encode(out: &mut Vec<u8>, key: &str, fields: Fields<'_>) {
+    let value = fields.value.unwrap_or("");
+    varint::put(out, key.len() as u64);
+    out.extend_from_slice(key.as_bytes());
+    varint::put(out, fields.lamport);
+    varint::put(out, u64::from(fields.incarnation));
+    varint::put(out, fields.seq);
+    varint::put(out, value.len() as u64);
+    out.extend_from_slice(value.as_bytes());
 }
 
-impl PartialEq for Record {
-    fn eq(&self, other: &Record) -> bool {
-        self.key() == other.key()
-    }
+/// The record at the front of `bytes` and the bytes after it; `None` when none is left.
+pub fn decode(bytes: &[u8]) -> Option<(RecordRef<'_>, &[u8])> {
+    let mut reader = Reader::new(bytes);
+    let key_len = usize::try_from(reader.varint()?).ok()?;
+    let key = reader.take(key_len)?;
+    let lamport = reader.varint()?;
+    let incarnation = u32::try_from(reader.varint()?).ok()?;
+    let seq = reader.varint()?;
+    let value_len = usize::try_from(reader.varint()?).ok()?;
+    let value = reader.take(value_len)?;
+    let record = RecordRef {
+        key,
+        lamport,
+        incarnation,
+        seq,
+        value,
+    };
+    Some((record, reader.rest()))
 }
 
-impl Eq for Record {}
-
-impl PartialOrd for Record {
-    fn partial_cmp(&self, other: &Record) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Record {
-    fn cmp(&self, other: &Record) -> Ordering {
-        self.key().cmp(other.key())
-    }
+/// The records of a block, in order, each with its encoded length.
+pub fn records(mut bytes: &[u8]) -> impl Iterator<Item = (RecordRef<'_>, usize)> {
+    std::iter::from_fn(move || {
+        let (record, rest) = decode(bytes)?;
+        let len = bytes.len() - rest.len();
+        bytes = rest;
+        Some((record, len))
+    })
 }
 
 #[cfg(test)]
@@ -130,16 +126,16 @@ mod tests {
             value in proptest::option::of("\\PC{1,64}"),
         ) {
             let fields = Fields { lamport, incarnation, seq, value: value.as_deref() };
-            let record = Record::new(&key, fields);
+            let mut bytes = Vec::new();
+            encode(&mut bytes, &key, fields);
+            encode(&mut bytes, "next", fields);
+            let (record, rest) = decode(&bytes).unwrap();
             prop_assert_eq!(record.key_str(), key.as_str());
             prop_assert_eq!(record.fields(), fields);
-        }
-
-        #[test]
-        fn orders_as_keys_do(a in "\\PC{0,8}", b in "\\PC{0,8}") {
-            let fields = Fields { lamport: 1, incarnation: 0, seq: 1, value: Some("1") };
-            let (ra, rb) = (Record::new(&a, fields), Record::new(&b, fields));
-            prop_assert_eq!(ra.cmp(&rb), a.cmp(&b));
+            let (next, rest) = decode(rest).unwrap();
+            prop_assert_eq!(next.key, b"next");
+            prop_assert!(rest.is_empty());
+            prop_assert!(decode(rest).is_none());
         }
     }
 
@@ -151,7 +147,8 @@ mod tests {
             seq: 999_999,
             value: Some("\"0123456789abcdef0123456789abcdef\""),
         };
-        let record = Record::new("key123456", fields);
-        assert_eq!(record.0.len(), 1 + 9 + 3 + 1 + 3 + 34);
+        let mut bytes = Vec::new();
+        encode(&mut bytes, "key123456", fields);
+        assert_eq!(bytes.len(), 1 + 9 + 3 + 1 + 3 + 1 + 34);
     }
 }
