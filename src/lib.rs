@@ -14,6 +14,7 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the data flow and the invariants.
 
+pub mod alloc;
 pub mod api;
 pub mod bench;
 pub mod causal;

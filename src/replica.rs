@@ -103,6 +103,12 @@ impl Replica {
         &self.clock
     }
 
+    /// Housekeeping for an idle moment (see [`Store::maintain`]); returns whether the
+    /// store packed recent writes.
+    pub fn maintain(&mut self) -> bool {
+        self.store.maintain()
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }

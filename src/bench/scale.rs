@@ -39,6 +39,10 @@ const RECOVERY_DEADLINE: Duration = Duration::from_secs(300);
 /// Interval of readiness polls and memory samples.
 const POLL: Duration = Duration::from_millis(20);
 const SAMPLE: Duration = Duration::from_millis(100);
+/// How long resident memory must stay flat after the load to count as settled (a replica
+/// packs recent writes once idle), and the longest wait for it.
+const SETTLE_QUIET: Duration = Duration::from_secs(1);
+const SETTLE_DEADLINE: Duration = Duration::from_secs(10);
 /// Per-request timeout of loading and polling (large values take a while).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const MIB: f64 = 1024.0 * 1024.0;
@@ -145,7 +149,7 @@ async fn scale(args: &BenchArgs) -> Result<ScaleReport, BenchError> {
     let (sessions, load) = load_data(args, &cluster).await?;
     let keys = load::key_names(args.keys);
     let checks = session_checks(&sessions, &keys);
-    let loaded = cluster.memory_all()?;
+    let loaded = settled_memory(&cluster).await?;
     let raw_bytes: u64 = keys
         .iter()
         .map(|k| (k.len() + args.value_size) as u64)
@@ -300,6 +304,27 @@ async fn restart(
 }
 
 /// Polls `condition` until it holds (true) or `deadline` passes (false).
+/// Every replica's memory once none has changed by more than 1% for [`SETTLE_QUIET`]
+/// (or at [`SETTLE_DEADLINE`]): what holding the data costs, not the load's buffers.
+async fn settled_memory(cluster: &LocalCluster) -> Result<Vec<Memory>, BenchError> {
+    let deadline = Instant::now() + SETTLE_DEADLINE;
+    let mut last = cluster.memory_all()?;
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline && quiet_since.elapsed() < SETTLE_QUIET {
+        tokio::time::sleep(SAMPLE).await;
+        let now = cluster.memory_all()?;
+        let moved = now
+            .iter()
+            .zip(&last)
+            .any(|(a, b)| a.rss_kib.abs_diff(b.rss_kib) * 100 > b.rss_kib);
+        if moved {
+            quiet_since = Instant::now();
+        }
+        last = now;
+    }
+    Ok(last)
+}
+
 async fn until<F, Fut>(deadline: Instant, mut condition: F) -> bool
 where
     F: FnMut() -> Fut,

@@ -97,7 +97,7 @@ fn now_micros() -> u64 {
 }
 
 /// Probes every peer each heartbeat interval, expires silent ones, retires dead
-/// incarnations.
+/// incarnations, and lets the store pack recent writes when it has been idle.
 async fn probe_loop(node: Arc<Node>) {
     let mut ticker = tokio::time::interval(node.config.heartbeat_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -125,6 +125,10 @@ async fn probe_loop(node: Arc<Node>) {
         let changes = node.lock().members.tick(Instant::now().into_std());
         node.apply_changes(changes);
         node.retire_dead_incarnations();
+        let packed = node.lock().replica.maintain();
+        if packed {
+            crate::alloc::release_free_memory();
+        }
     }
 }
 

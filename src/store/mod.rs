@@ -15,19 +15,22 @@
 //! A delete is kept as a tombstone so that a late, older write cannot bring the key back.
 //! Tombstones are not collected yet (see docs/ARCHITECTURE.md).
 
-mod blocks;
 mod incarnations;
 mod record;
+mod segment;
+mod slab;
+mod table;
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::causal::{Clock, Dot, Incarnation};
-use blocks::Blocks;
 use incarnations::Incarnations;
-use record::{Fields, RecordRef};
+use record::Version;
+use table::{RecordRef, Table};
 
 /// What an entry is counted as in a catch-up chunk beyond its key and value: its version
 /// and framing, and the allocations it takes on both sides while in flight. It keeps a
@@ -80,12 +83,13 @@ pub enum Read<'a> {
 
 /// Every key's winning write, as compact records in key order.
 ///
-/// Ordered so that catch-up can be sent in chunks with a key as cursor. Per key it costs
-/// its record, the key and value's bytes plus a few bytes of version, packed with its
-/// neighbours in [`Blocks`] (see docs/ARCHITECTURE.md, "Memory").
+/// Ordered so that catch-up can be sent in chunks with a key as cursor. At rest a key
+/// costs its record: the key's bytes beyond the previous key's, the value's JSON text and
+/// about ten bytes of version, packed in segments (see `table` and docs/ARCHITECTURE.md,
+/// "Memory").
 #[derive(Debug, Default)]
 pub struct Store {
-    records: Blocks,
+    records: Table,
     incarnations: Incarnations,
     live: usize,
 }
@@ -104,26 +108,32 @@ impl Store {
         let Some(record) = self.records.get(key.as_bytes()) else {
             return Read::Missing;
         };
-        let dot = self.dot(&record);
-        match record.value() {
+        let dot = self.dot(&record.version);
+        match json_text(&record) {
             Some(value) => Read::Found { value, dot },
             None => Read::Deleted { dot },
         }
+    }
+
+    /// Housekeeping for an idle moment: packs recent writes (see `table`); returns whether
+    /// it did. Cheap when there is nothing to do.
+    pub fn maintain(&mut self) -> bool {
+        self.records.maintain()
     }
 
     pub fn contains(&self, key: &str) -> bool {
         matches!(self.read(key), Read::Found { .. })
     }
 
-    fn dot(&self, record: &RecordRef<'_>) -> Dot {
+    fn dot(&self, version: &Version) -> Dot {
         Dot {
-            inc: self.incarnations.get(record.incarnation).clone(),
-            seq: record.seq,
+            inc: self.incarnations.get(version.incarnation).clone(),
+            seq: version.seq,
         }
     }
 
-    /// True when `entry`'s version, `(Lamport time, incarnation)`, is above the record's.
-    fn beats(&self, entry: &Entry, held: &RecordRef<'_>) -> bool {
+    /// True when `entry`'s version, `(Lamport time, incarnation)`, is above `held`.
+    fn beats(&self, entry: &Entry, held: &Version) -> bool {
         let held_inc: &Incarnation = self.incarnations.get(held.incarnation);
         (entry.lamport, &entry.dot.inc) > (held.lamport, held_inc)
     }
@@ -131,26 +141,27 @@ impl Store {
     /// Keeps `entry` for `key` if it beats what is there. Returns whether it was kept.
     pub fn apply(&mut self, key: Key, entry: Entry) -> bool {
         let was_live = match self.records.get(key.as_bytes()) {
-            Some(held) if !self.beats(&entry, &held) => return false,
-            Some(held) => held.is_live(),
+            Some(held) if !self.beats(&entry, &held.version) => return false,
+            Some(held) => !held.value.is_empty(),
             None => false,
         };
-        let fields = Fields {
+        let version = Version {
             lamport: entry.lamport,
             incarnation: self.incarnations.intern(&entry.dot.inc),
             seq: entry.dot.seq,
-            value: entry.value.as_deref().map(RawValue::get),
         };
-        let is_live = fields.value.is_some();
-        self.records.upsert(&key, fields);
+        let text = entry.value.as_deref().map_or("", RawValue::get);
+        self.records
+            .upsert(key.as_bytes(), version, text.as_bytes());
+        let is_live = entry.value.is_some();
         self.live = self.live + usize::from(is_live) - usize::from(was_live);
         true
     }
 
     /// The entries whose write `clock` does not include (what a replica at `clock` misses;
     /// the entries it does include it already holds, or something that beats them), in key
-    /// order after `after`, until their [sizes](ENTRY_OVERHEAD_BYTES) reach `max_bytes`. Returns them and
-    /// the key to continue after, `None` when the scan is complete.
+    /// order after `after`, until their [sizes](ENTRY_OVERHEAD_BYTES) reach `max_bytes`.
+    /// Returns them and the key to continue after, `None` when the scan is complete.
     pub fn missing_from(
         &self,
         clock: &Clock,
@@ -160,19 +171,23 @@ impl Store {
         let covered = self.covered_by(clock);
         let mut found = Vec::new();
         let mut bytes = 0;
-        let missing = self
+        let mut next = None;
+        let _ = self
             .records
-            .iter_after(after.map(str::as_bytes))
-            .filter(|record| record.seq > covered[record.incarnation as usize]);
-        for record in missing {
-            if bytes >= max_bytes {
-                let next = found.last().map(|(k, _): &(Key, Entry)| k.clone());
-                return (found, next);
-            }
-            bytes += record.payload_len() + ENTRY_OVERHEAD_BYTES;
-            found.push(self.entry_of(&record));
-        }
-        (found, None)
+            .visit_after(after.map(str::as_bytes), |key, record| {
+                let version = record.version;
+                if version.seq <= covered[version.incarnation as usize] {
+                    return ControlFlow::Continue(());
+                }
+                if bytes >= max_bytes {
+                    next = found.last().map(|(k, _): &(Key, Entry)| k.clone());
+                    return ControlFlow::Break(());
+                }
+                bytes += key.len() + record.value.len() + ENTRY_OVERHEAD_BYTES;
+                found.push(self.entry_of(key, &record));
+                ControlFlow::Continue(())
+            });
+        (found, next)
     }
 
     /// Per incarnation id, the highest sequence number `clock` covers.
@@ -189,25 +204,33 @@ impl Store {
     }
 
     /// A record as replicas exchange it.
-    fn entry_of(&self, record: &RecordRef<'_>) -> (Key, Entry) {
+    fn entry_of(&self, key: &[u8], record: &RecordRef<'_>) -> (Key, Entry) {
         let entry = Entry {
             // Stored text was valid JSON when it was stored; it cannot fail to parse.
-            value: record
-                .value()
+            value: json_text(record)
                 .and_then(|text| RawValue::from_string(text.to_owned()).ok())
                 .map(Value::from),
-            lamport: record.lamport,
-            dot: self.dot(record),
+            lamport: record.version.lamport,
+            dot: self.dot(&record.version),
         };
-        (Key::from(record.key_str()), entry)
+        (Key::from(String::from_utf8_lossy(key)), entry)
     }
 
     /// All entries, for comparing replicas in tests and tools.
     pub fn iter(&self) -> impl Iterator<Item = (Key, Entry)> + '_ {
-        self.records
-            .iter_after(None)
-            .map(|record| self.entry_of(&record))
+        let mut all = Vec::new();
+        let _ = self.records.visit_after(None, |key, record| {
+            all.push(self.entry_of(key, &record));
+            ControlFlow::Continue(())
+        });
+        all.into_iter()
     }
+}
+
+/// A record's value as JSON text; `None` for a tombstone. (Stored from a `&str`.)
+fn json_text<'a>(record: &RecordRef<'a>) -> Option<&'a str> {
+    let text = std::str::from_utf8(record.value).unwrap_or_default();
+    (!text.is_empty()).then_some(text)
 }
 
 /// Parses JSON text into a stored value; `None` for `null`.

@@ -1,0 +1,413 @@
+//! The store's records in key order: immutable segments, plus a small sorted buffer of
+//! recent writes that is merged into them in batches.
+//!
+//! # Why this shape
+//!
+//! Rewriting a packed block on every write churns the allocator, whose free fragments
+//! then cost as much as the per-key headers we packed away. So writes go to `pending` (a
+//! `BTreeMap`, one small allocation per key) and are merged into the segments in one
+//! pass when `pending` reaches a fraction of the store, or when the store is idle
+//! ([`Table::maintain`]). A merge rewrites only the segments whose key range received
+//! writes, one at a time, so memory never holds the store twice. At rest, the store is its
+//! segments' bytes, exactly allocated, and large values in the [`Slab`].
+//!
+//! # Invariants
+//!
+//! * Segments are in key order and do not overlap: every key of one is below the first
+//!   key of the next. A key below every segment belongs to the first.
+//! * A key in `pending` is newer than its record in the segments, if any: reads and
+//!   scans look in `pending` first, and a merge drops the segment's record (freeing its
+//!   slab slot).
+
+use std::collections::BTreeMap;
+use std::ops::{Bound, ControlFlow};
+
+use super::record::{Raw, Stored, Version};
+use super::segment::{Builder, Segment};
+use super::slab::{LARGE_VALUE_BYTES, Slab};
+
+/// The most bytes a record takes beyond its key and inline value (six varints).
+const MAX_RECORD_HEADER: usize = 6 * 10;
+
+/// The sizes that shape a table (fixed in production; tests shrink them).
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    /// A segment holds at most this many bytes (unless a single record is larger).
+    segment_bytes: usize,
+    /// `pending` is merged when it holds this many keys, or a sixteenth of the store if
+    /// that is more...
+    min_pending_keys: usize,
+    /// ... or this many bytes of values.
+    max_pending_bytes: usize,
+    /// Values of at least this many bytes are kept in the slab.
+    large_value_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            segment_bytes: 64 * 1024,
+            min_pending_keys: 4096,
+            max_pending_bytes: 8 * 1024 * 1024,
+            large_value_bytes: LARGE_VALUE_BYTES,
+        }
+    }
+}
+
+/// A record read in place, its value resolved.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordRef<'a> {
+    pub version: Version,
+    /// JSON text; empty for a tombstone.
+    pub value: &'a [u8],
+}
+
+#[derive(Debug)]
+struct Pending {
+    version: Version,
+    value: Box<[u8]>,
+}
+
+impl Pending {
+    fn as_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            version: self.version,
+            value: &self.value,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Table {
+    segments: Vec<Segment>,
+    /// Records in the segments.
+    stored: usize,
+    pending: BTreeMap<Box<[u8]>, Pending>,
+    pending_bytes: usize,
+    /// Writes since the last [`Table::maintain`].
+    recent_writes: usize,
+    large: Slab,
+    limits: Limits,
+}
+
+impl Table {
+    fn segment_for(&self, key: &[u8]) -> usize {
+        self.segments
+            .partition_point(|segment| segment.first_key() <= key)
+            .saturating_sub(1)
+    }
+
+    fn resolve<'a>(&'a self, raw: Raw<'a>) -> RecordRef<'a> {
+        let value = match raw.value {
+            Stored::Inline(text) => text,
+            Stored::Slot(slot) => self.large.get(slot),
+        };
+        RecordRef {
+            version: raw.version,
+            value,
+        }
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<RecordRef<'_>> {
+        if let Some(pending) = self.pending.get(key) {
+            return Some(pending.as_ref());
+        }
+        let segment = self.segments.get(self.segment_for(key))?;
+        segment.get(key).map(|raw| self.resolve(raw))
+    }
+
+    /// Stores the record of `key`, replacing the one it had.
+    pub fn upsert(&mut self, key: &[u8], version: Version, value: &[u8]) {
+        self.pending_bytes += value.len();
+        let pending = Pending {
+            version,
+            value: value.into(),
+        };
+        if let Some(old) = self.pending.insert(key.into(), pending) {
+            self.pending_bytes -= old.value.len();
+        }
+        self.recent_writes += 1;
+        let limits = self.limits;
+        let full_keys = self.pending.len() >= limits.min_pending_keys.max(self.stored / 16);
+        if full_keys || self.pending_bytes >= limits.max_pending_bytes {
+            self.merge();
+        }
+    }
+
+    /// Merges pending writes if the store has been idle since the last call; returns
+    /// whether it did. Meant to be called periodically (the replica's background loop
+    /// does, every probe interval).
+    pub fn maintain(&mut self) -> bool {
+        let idle = self.recent_writes == 0 && !self.pending.is_empty();
+        if idle {
+            self.merge();
+        }
+        self.recent_writes = 0;
+        idle
+    }
+
+    /// Calls `visit` with every record whose key is above `after` (all for `None`), in key
+    /// order, until it breaks.
+    pub fn visit_after(
+        &self,
+        after: Option<&[u8]>,
+        mut visit: impl FnMut(&[u8], RecordRef<'_>) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut pending = self
+            .pending
+            .range::<[u8], _>((lower, Bound::Unbounded))
+            .peekable();
+        let first = after.map_or(0, |key| self.segment_for(key));
+        for (index, segment) in self.segments.iter().enumerate().skip(first) {
+            let mut cursor = match after {
+                Some(key) if index == first => segment.cursor_near(key),
+                _ => segment.cursor(),
+            };
+            while let Some(raw) = cursor.next() {
+                let key = cursor.key();
+                if after.is_some_and(|after| key <= after) {
+                    continue;
+                }
+                while let Some((pending_key, record)) = pending.next_if(|(k, _)| &***k < key) {
+                    visit(pending_key, record.as_ref())?;
+                }
+                if let Some((pending_key, record)) = pending.next_if(|(k, _)| &***k == key) {
+                    visit(pending_key, record.as_ref())?;
+                    continue;
+                }
+                visit(key, self.resolve(raw))?;
+            }
+        }
+        for (key, record) in pending {
+            visit(key, record.as_ref())?;
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Merges `pending` into the segments.
+    fn merge(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.pending).into_iter().peekable();
+        self.pending_bytes = 0;
+        let mut old = std::mem::take(&mut self.segments);
+        let mut merged = Merged::new(self.limits);
+        for index in 0..old.len() {
+            let segment = std::mem::take(&mut old[index]);
+            let upper = old.get(index + 1).map(Segment::first_key);
+            let below_upper = |key: &[u8]| upper.is_none_or(|upper| key < upper);
+            let touched = pending.peek().is_some_and(|(key, _)| below_upper(key));
+            let small = merged.builder.byte_len() < self.limits.segment_bytes / 2;
+            if !touched && small && !merged.builder.is_empty() {
+                // Too small to stand alone: absorb the next segment into it.
+                merged.copy(&segment);
+            } else if !touched {
+                merged.close();
+                merged.segments.push(segment);
+            } else {
+                let mut cursor = segment.cursor();
+                while let Some(raw) = cursor.next() {
+                    let key = cursor.key();
+                    while let Some((k, p)) = pending.next_if(|(k, _)| &**k < key) {
+                        merged.push_pending(&k, p, &mut self.large);
+                    }
+                    match pending.next_if(|(k, _)| &**k == key) {
+                        Some((k, p)) => {
+                            if let Stored::Slot(slot) = raw.value {
+                                self.large.remove(slot);
+                            }
+                            merged.push_pending(&k, p, &mut self.large);
+                        }
+                        None => merged.push(key, &raw),
+                    }
+                }
+                while let Some((k, p)) = pending.next_if(|(k, _)| below_upper(k)) {
+                    merged.push_pending(&k, p, &mut self.large);
+                }
+            }
+        }
+        for (k, p) in pending {
+            merged.push_pending(&k, p, &mut self.large);
+        }
+        merged.close();
+        self.stored = merged.segments.iter().map(Segment::records).sum();
+        self.segments = merged.segments;
+    }
+}
+
+/// The output of a merge: closed segments and the one being built.
+struct Merged {
+    segments: Vec<Segment>,
+    builder: Builder,
+    limits: Limits,
+}
+
+impl Merged {
+    fn new(limits: Limits) -> Self {
+        Merged {
+            segments: Vec::new(),
+            builder: Builder::default(),
+            limits,
+        }
+    }
+
+    /// Adds a record, closing the segment first if the record might not fit: segments
+    /// stay within `segment_bytes`, a size the allocator has a class for.
+    fn push(&mut self, key: &[u8], raw: &Raw<'_>) {
+        let inline = match raw.value {
+            Stored::Inline(text) => text.len(),
+            Stored::Slot(_) => 0,
+        };
+        let most = key.len() + inline + MAX_RECORD_HEADER;
+        if self.builder.byte_len() + most > self.limits.segment_bytes {
+            self.close();
+        }
+        self.builder.push(key, raw);
+    }
+
+    fn push_pending(&mut self, key: &[u8], pending: Pending, large: &mut Slab) {
+        let value = match pending.value.len() >= self.limits.large_value_bytes {
+            true => Stored::Slot(large.insert(pending.value)),
+            false => Stored::Inline(&pending.value),
+        };
+        self.push(
+            key,
+            &Raw {
+                version: pending.version,
+                value,
+            },
+        );
+    }
+
+    fn copy(&mut self, segment: &Segment) {
+        let mut cursor = segment.cursor();
+        while let Some(raw) = cursor.next() {
+            self.push(cursor.key(), &raw);
+        }
+    }
+
+    fn close(&mut self) {
+        self.segments.extend(self.builder.finish());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn tiny() -> Table {
+        Table {
+            limits: Limits {
+                segment_bytes: 64,
+                min_pending_keys: 3,
+                max_pending_bytes: 200,
+                large_value_bytes: 12,
+            },
+            ..Table::default()
+        }
+    }
+
+    fn version(seq: u64) -> Version {
+        Version {
+            lamport: seq,
+            incarnation: 0,
+            seq,
+        }
+    }
+
+    fn contents(table: &Table, after: Option<&str>) -> Vec<(String, String, u64)> {
+        let mut all = Vec::new();
+        let _ = table.visit_after(after.map(str::as_bytes), |key, record| {
+            let key = String::from_utf8(key.to_vec()).unwrap();
+            let value = String::from_utf8(record.value.to_vec()).unwrap();
+            all.push((key, value, record.version.seq));
+            ControlFlow::Continue(())
+        });
+        all
+    }
+
+    /// A write of the model test: key, value (empty: tombstone), or an idle moment.
+    fn arb_op() -> impl Strategy<Value = Option<(String, String)>> {
+        proptest::option::weighted(0.9, ("[a-d]{1,3}", "[0-9]{0,20}"))
+    }
+
+    proptest! {
+        /// Whatever the writes and idle moments, the table reads and scans like a map.
+        #[test]
+        fn behaves_as_an_ordered_map(ops in prop::collection::vec(arb_op(), 0..120)) {
+            let mut table = tiny();
+            let mut model: BTreeMap<String, (String, u64)> = BTreeMap::new();
+            for (seq, op) in ops.into_iter().enumerate() {
+                let seq = seq as u64 + 1;
+                match op {
+                    Some((key, value)) => {
+                        table.upsert(key.as_bytes(), version(seq), value.as_bytes());
+                        model.insert(key, (value, seq));
+                    }
+                    None => {
+                        table.maintain();
+                        table.maintain();
+                    }
+                }
+            }
+            for (key, (value, seq)) in &model {
+                let record = table.get(key.as_bytes()).unwrap();
+                prop_assert_eq!(record.value, value.as_bytes());
+                prop_assert_eq!(record.version, version(*seq));
+            }
+            prop_assert!(table.get(b"e").is_none());
+            let want: Vec<(String, String, u64)> =
+                model.iter().map(|(k, (v, s))| (k.clone(), v.clone(), *s)).collect();
+            prop_assert_eq!(contents(&table, None), want.clone());
+            for (i, key) in model.keys().enumerate() {
+                prop_assert_eq!(contents(&table, Some(key)), want[i + 1..].to_vec());
+            }
+            for pair in table.segments.windows(2) {
+                prop_assert!(pair[0].first_key() < pair[1].first_key());
+            }
+        }
+    }
+
+    #[test]
+    fn idle_tables_hold_no_pending_writes() {
+        let mut table = Table::default();
+        for i in 0..100_000u64 {
+            table.upsert(
+                format!("k{i}").as_bytes(),
+                version(i + 1),
+                b"\"0123456789abcdef\"",
+            );
+        }
+        assert!(table.pending.len() < 100_000 / 16 + 1);
+        table.maintain();
+        assert!(
+            !table.pending.is_empty(),
+            "written to since the last call: not idle yet"
+        );
+        table.maintain();
+        assert!(table.pending.is_empty());
+        assert_eq!(table.stored, 100_000);
+        assert_eq!(
+            table.get(b"k99999").map(|r| r.version),
+            Some(version(100_000))
+        );
+    }
+
+    #[test]
+    fn overwritten_large_values_free_their_slots() {
+        let mut table = tiny();
+        let big = [b'x'; 40];
+        for round in 0..10u64 {
+            for key in ["a", "b", "c", "d"] {
+                table.upsert(key.as_bytes(), version(round + 1), &big);
+            }
+        }
+        table.maintain();
+        table.maintain();
+        let used = table.large.live();
+        assert_eq!(used, 4);
+    }
+}
