@@ -277,7 +277,7 @@ mod tests {
 
     fn value_of(r: &Replica, key: &str) -> Option<String> {
         match r.read(key) {
-            Read::Found { value, .. } => Some(value.to_string()),
+            Read::Found { value, .. } => Some(value.to_json()),
             _ => None,
         }
     }

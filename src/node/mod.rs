@@ -198,7 +198,7 @@ impl Node {
             let replica = &state.replica;
             match replica.read(key) {
                 Read::Found { value, dot } => Ok(Found {
-                    value: value.into(),
+                    value: value.to_json().into(),
                     metadata: replica.metadata_with(deps, Some(&dot)),
                 }),
                 read => Err(Missing {

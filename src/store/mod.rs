@@ -29,6 +29,7 @@ use serde_json::value::RawValue;
 
 use crate::causal::{Clock, Dot, Incarnation};
 use incarnations::Incarnations;
+pub use record::Text;
 use record::Version;
 use table::{RecordRef, Table};
 
@@ -70,8 +71,7 @@ impl Entry {
 #[derive(Clone, Debug)]
 pub enum Read<'a> {
     Found {
-        /// JSON text.
-        value: &'a str,
+        value: Text<'a>,
         dot: Dot,
     },
     /// The key was deleted by the write `dot`.
@@ -109,9 +109,12 @@ impl Store {
             return Read::Missing;
         };
         let dot = self.dot(&record.version);
-        match json_text(&record) {
-            Some(value) => Read::Found { value, dot },
-            None => Read::Deleted { dot },
+        match record.value.is_empty() {
+            false => Read::Found {
+                value: record.value,
+                dot,
+            },
+            true => Read::Deleted { dot },
         }
     }
 
@@ -207,8 +210,9 @@ impl Store {
     fn entry_of(&self, key: &[u8], record: &RecordRef<'_>) -> (Key, Entry) {
         let entry = Entry {
             // Stored text was valid JSON when it was stored; it cannot fail to parse.
-            value: json_text(record)
-                .and_then(|text| RawValue::from_string(text.to_owned()).ok())
+            value: (!record.value.is_empty())
+                .then(|| RawValue::from_string(record.value.to_json()).ok())
+                .flatten()
                 .map(Value::from),
             lamport: record.version.lamport,
             dot: self.dot(&record.version),
@@ -225,12 +229,6 @@ impl Store {
         });
         all.into_iter()
     }
-}
-
-/// A record's value as JSON text; `None` for a tombstone. (Stored from a `&str`.)
-fn json_text<'a>(record: &RecordRef<'a>) -> Option<&'a str> {
-    let text = std::str::from_utf8(record.value).unwrap_or_default();
-    (!text.is_empty()).then_some(text)
 }
 
 /// Parses JSON text into a stored value; `None` for `null`.
@@ -268,7 +266,7 @@ pub(crate) mod tests {
             for e in order {
                 store.apply("k".into(), e.clone());
             }
-            assert!(matches!(store.read("k"), Read::Found { value, .. } if value == "2"));
+            assert!(matches!(store.read("k"), Read::Found { value, .. } if value.to_json() == "2"));
         }
     }
 
@@ -283,7 +281,7 @@ pub(crate) mod tests {
         two.apply("k".into(), from_b);
         two.apply("k".into(), from_a);
         let winner = |s: &Store| match s.read("k") {
-            Read::Found { value, .. } => value.to_string(),
+            Read::Found { value, .. } => value.to_json(),
             other => panic!("{other:?}"),
         };
         assert_eq!(winner(&one), "\"b\"");

@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::ops::{Bound, ControlFlow};
 
-use super::record::{Raw, Stored, Version};
+use super::record::{Raw, Stored, Text, Version};
 use super::segment::{Builder, Segment};
 use super::slab::{LARGE_VALUE_BYTES, Slab};
 
@@ -58,8 +58,8 @@ impl Default for Limits {
 #[derive(Clone, Copy, Debug)]
 pub struct RecordRef<'a> {
     pub version: Version,
-    /// JSON text; empty for a tombstone.
-    pub value: &'a [u8],
+    /// Empty for a tombstone.
+    pub value: Text<'a>,
 }
 
 #[derive(Debug)]
@@ -72,7 +72,7 @@ impl Pending {
     fn as_ref(&self) -> RecordRef<'_> {
         RecordRef {
             version: self.version,
-            value: &self.value,
+            value: Text::json(&self.value),
         }
     }
 }
@@ -99,8 +99,9 @@ impl Table {
 
     fn resolve<'a>(&'a self, raw: Raw<'a>) -> RecordRef<'a> {
         let value = match raw.value {
-            Stored::Inline(text) => text,
-            Stored::Slot(slot) => self.large.get(slot),
+            Stored::Inline(text) => Text::json(text),
+            Stored::String(text) => Text::unquoted(text),
+            Stored::Slot(slot) => Text::json(self.large.get(slot)),
         };
         RecordRef {
             version: raw.version,
@@ -257,7 +258,7 @@ impl Merged {
     /// stay within `segment_bytes`, a size the allocator has a class for.
     fn push(&mut self, key: &[u8], raw: &Raw<'_>) {
         let inline = match raw.value {
-            Stored::Inline(text) => text.len(),
+            Stored::Inline(text) | Stored::String(text) => text.len(),
             Stored::Slot(_) => 0,
         };
         let most = key.len() + inline + MAX_RECORD_HEADER;
@@ -270,7 +271,7 @@ impl Merged {
     fn push_pending(&mut self, key: &[u8], pending: Pending, large: &mut Slab) {
         let value = match pending.value.len() >= self.limits.large_value_bytes {
             true => Stored::Slot(large.insert(pending.value)),
-            false => Stored::Inline(&pending.value),
+            false => Stored::inline(&pending.value),
         };
         self.push(
             key,
@@ -322,7 +323,7 @@ mod tests {
         let mut all = Vec::new();
         let _ = table.visit_after(after.map(str::as_bytes), |key, record| {
             let key = String::from_utf8(key.to_vec()).unwrap();
-            let value = String::from_utf8(record.value.to_vec()).unwrap();
+            let value = record.value.to_json();
             all.push((key, value, record.version.seq));
             ControlFlow::Continue(())
         });
@@ -331,7 +332,7 @@ mod tests {
 
     /// A write of the model test: key, value (empty: tombstone), or an idle moment.
     fn arb_op() -> impl Strategy<Value = Option<(String, String)>> {
-        proptest::option::weighted(0.9, ("[a-d]{1,3}", "[0-9]{0,20}"))
+        proptest::option::weighted(0.9, ("[a-d]{1,3}", "\"?[0-9]{0,20}\"?"))
     }
 
     proptest! {
@@ -355,7 +356,7 @@ mod tests {
             }
             for (key, (value, seq)) in &model {
                 let record = table.get(key.as_bytes()).unwrap();
-                prop_assert_eq!(record.value, value.as_bytes());
+                prop_assert_eq!(record.value.to_json(), value.clone());
                 prop_assert_eq!(record.version, version(*seq));
             }
             prop_assert!(table.get(b"e").is_none());
