@@ -102,6 +102,9 @@ pub struct Restart {
     /// The restarted replica's resident memory once recovered, and its peak (MiB).
     pub recovered_rss_mib: f64,
     pub recovered_peak_mib: f64,
+    /// Each replica's resident memory once it settled after the recovery (MiB).
+    #[serde(default)]
+    pub settled_rss_mib: Vec<(String, f64)>,
 }
 
 pub async fn run(args: &BenchArgs) -> Result<(), BenchError> {
@@ -283,6 +286,7 @@ async fn restart(
     let peaks = sampler.stop().await;
     let after = cluster.memory_all()?;
     let recovered = after[victim];
+    let settled = settled_memory(cluster).await?;
     Ok(Restart {
         addr,
         answers_s,
@@ -300,6 +304,12 @@ async fn restart(
             .collect(),
         recovered_rss_mib: recovered.rss_mib(),
         recovered_peak_mib: recovered.peak_mib(),
+        settled_rss_mib: cluster
+            .addrs
+            .iter()
+            .cloned()
+            .zip(settled.iter().map(Memory::rss_mib))
+            .collect(),
     })
 }
 
@@ -627,6 +637,11 @@ impl Restart {
             "  VmHWM after recovery (MiB):               {}",
             by_replica(&self.hwm_after_mib)
         );
+        let _ = writeln!(
+            out,
+            "  RSS once settled again (MiB):             {}",
+            by_replica(&self.settled_rss_mib)
+        );
         out
     }
 }
@@ -709,6 +724,7 @@ mod tests {
                 hwm_after_mib: vec![("127.0.0.1:1".into(), 7.5)],
                 recovered_rss_mib: 6.0,
                 recovered_peak_mib: 6.1,
+                settled_rss_mib: vec![("127.0.0.1:1".into(), 5.5)],
             },
         };
         let text = report.render();
