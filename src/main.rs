@@ -72,14 +72,23 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Serve(ServeArgs {
-        worker_threads: Some(threads),
-        ..
-    }) = &cli.command
-    {
-        builder.worker_threads((*threads).max(1));
-    }
+    let mut builder = match &cli.command {
+        // One worker: a single-threaded runtime does the same work without the
+        // multi-threaded scheduler's hand-offs (measured: fewer wake-ups per request).
+        Command::Serve(ServeArgs {
+            worker_threads: Some(0 | 1),
+            ..
+        }) => tokio::runtime::Builder::new_current_thread(),
+        Command::Serve(ServeArgs {
+            worker_threads: Some(threads),
+            ..
+        }) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(*threads);
+            builder
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = builder
         .enable_all()
         .build()

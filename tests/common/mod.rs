@@ -619,6 +619,10 @@ impl TestCluster {
             .args(&self.args)
             .env_remove("SOCKET_ADDRESS")
             .env_remove("VIEW")
+            // Replica 0 runs the single-threaded runtime (`--worker-threads 1`, as
+            // `causalkv cluster` runs replicas on a small machine), the others the default
+            // multi-threaded one, so that every test exercises both.
+            .env("CAUSALKV_WORKER_THREADS", if i == 0 { "1" } else { "2" })
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
