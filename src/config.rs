@@ -63,8 +63,9 @@ pub struct ServeArgs {
     /// Most writes queued for one peer; past it, the peer catches up by anti-entropy.
     #[arg(long, default_value_t = 65_536)]
     pub peer_queue: usize,
-    /// Threads serving requests [default: one per core]. Replicas that share a machine
-    /// do best splitting its cores (`causalkv cluster` does).
+    /// Threads serving requests [default: one per core]; 1 runs a single-threaded
+    /// runtime. Replicas that share a machine do best splitting its cores (`causalkv
+    /// cluster` does).
     #[arg(long, env = "CAUSALKV_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
 }
