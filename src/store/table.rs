@@ -198,8 +198,7 @@ impl Table {
         for index in 0..old.len() {
             let segment = std::mem::take(&mut old[index]);
             let upper = old.get(index + 1).map(Segment::first_key);
-            let below_upper = |key: &[u8]| upper.is_none_or(|upper| key < upper);
-            let touched = pending.peek().is_some_and(|(key, _)| below_upper(key));
+            let touched = pending.peek().is_some_and(|(key, _)| below(key, upper));
             let small = merged.builder.byte_len() < self.limits.segment_bytes / 2;
             if !touched && small && !merged.builder.is_empty() {
                 // Too small to stand alone: absorb the next segment into it.
@@ -208,25 +207,7 @@ impl Table {
                 merged.close();
                 merged.segments.push(segment);
             } else {
-                let mut cursor = segment.cursor();
-                while let Some(raw) = cursor.next() {
-                    let key = cursor.key();
-                    while let Some((k, p)) = pending.next_if(|(k, _)| &**k < key) {
-                        merged.push_pending(&k, p, &mut self.large);
-                    }
-                    match pending.next_if(|(k, _)| &**k == key) {
-                        Some((k, p)) => {
-                            if let Stored::Slot(slot) = raw.value {
-                                self.large.remove(slot);
-                            }
-                            merged.push_pending(&k, p, &mut self.large);
-                        }
-                        None => merged.push(key, &raw),
-                    }
-                }
-                while let Some((k, p)) = pending.next_if(|(k, _)| below_upper(k)) {
-                    merged.push_pending(&k, p, &mut self.large);
-                }
+                merged.merge(&segment, &mut pending, upper, &mut self.large);
             }
         }
         for (k, p) in pending {
@@ -236,6 +217,14 @@ impl Table {
         self.stored = merged.segments.iter().map(Segment::records).sum();
         self.segments = merged.segments;
     }
+}
+
+/// The writes waiting to be merged, in key order.
+type PendingWrites = std::iter::Peekable<std::collections::btree_map::IntoIter<Box<[u8]>, Pending>>;
+
+/// True when `key` is below `upper` (a segment's first key; `None`: no segment follows).
+fn below(key: &[u8], upper: Option<&[u8]>) -> bool {
+    upper.is_none_or(|upper| key < upper)
 }
 
 /// The output of a merge: closed segments and the one being built.
@@ -280,6 +269,36 @@ impl Merged {
                 value,
             },
         );
+    }
+
+    /// Merges `segment` with the pending writes below `upper`: a pending write replaces
+    /// the segment's record of its key (freeing its slab slot).
+    fn merge(
+        &mut self,
+        segment: &Segment,
+        pending: &mut PendingWrites,
+        upper: Option<&[u8]>,
+        large: &mut Slab,
+    ) {
+        let mut cursor = segment.cursor();
+        while let Some(raw) = cursor.next() {
+            let key = cursor.key();
+            while let Some((k, p)) = pending.next_if(|(k, _)| **k < *key) {
+                self.push_pending(&k, p, large);
+            }
+            match pending.next_if(|(k, _)| **k == *key) {
+                Some((k, p)) => {
+                    if let Stored::Slot(slot) = raw.value {
+                        large.remove(slot);
+                    }
+                    self.push_pending(&k, p, large);
+                }
+                None => self.push(key, &raw),
+            }
+        }
+        while let Some((k, p)) = pending.next_if(|(k, _)| below(k, upper)) {
+            self.push_pending(&k, p, large);
+        }
     }
 
     fn copy(&mut self, segment: &Segment) {
