@@ -295,25 +295,14 @@ async fn restart(
         in_every_view_s,
         sessions_verified: verified,
         sessions: checks.len(),
-        peak_rss_mib: cluster.addrs.iter().cloned().zip(peaks).collect(),
-        hwm_after_mib: cluster
-            .addrs
-            .iter()
-            .cloned()
-            .zip(after.iter().map(Memory::peak_mib))
-            .collect(),
+        peak_rss_mib: cluster.by_addr(peaks),
+        hwm_after_mib: cluster.by_addr(after.iter().map(Memory::peak_mib)),
         recovered_rss_mib: recovered.rss_mib(),
         recovered_peak_mib: recovered.peak_mib(),
-        settled_rss_mib: cluster
-            .addrs
-            .iter()
-            .cloned()
-            .zip(settled.iter().map(Memory::rss_mib))
-            .collect(),
+        settled_rss_mib: cluster.by_addr(settled.iter().map(Memory::rss_mib)),
     })
 }
 
-/// Polls `condition` until it holds (true) or `deadline` passes (false).
 /// Every replica's memory once none has changed by more than 1% for [`SETTLE_QUIET`]
 /// (or at [`SETTLE_DEADLINE`]): what holding the data costs, not the load's buffers.
 async fn settled_memory(cluster: &LocalCluster) -> Result<Vec<Memory>, BenchError> {
@@ -335,6 +324,7 @@ async fn settled_memory(cluster: &LocalCluster) -> Result<Vec<Memory>, BenchErro
     Ok(last)
 }
 
+/// Polls `condition` until it holds (true) or `deadline` passes (false).
 async fn until<F, Fut>(deadline: Instant, mut condition: F) -> bool
 where
     F: FnMut() -> Fut,
@@ -510,6 +500,11 @@ impl LocalCluster {
                 self.dir.display()
             ))
         })
+    }
+
+    /// `values`, one per replica in order, paired with the replicas' addresses.
+    fn by_addr(&self, values: impl IntoIterator<Item = f64>) -> Vec<(String, f64)> {
+        self.addrs.iter().cloned().zip(values).collect()
     }
 
     fn memory_all(&self) -> Result<Vec<Memory>, BenchError> {
