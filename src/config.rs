@@ -5,15 +5,33 @@
 //! is an error before anything starts.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 
+use crate::auth::{AuthError, Keyring};
 use crate::causal::Addr;
 
 /// Errors in the configuration.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    #[error("{0}")]
+    Secret(#[from] AuthError),
+    #[error("set either CLUSTER_SECRET or --cluster-secret-file, not both")]
+    TwoSecrets,
+    #[error("--tls-cert and --tls-key go together")]
+    HalfTls,
+    #[error(
+        "--tls-cert needs --tls-ca: the CA that signed every replica's certificate, with \
+         which replicas verify each other"
+    )]
+    TlsWithoutCa,
+    #[error("--tls-ca without --tls-cert: a replica needs its own certificate to serve TLS")]
+    CaWithoutCert,
+    #[error("--max-connections must be at least 1")]
+    NoConnections,
     #[error("no socket address: set SOCKET_ADDRESS or pass --listen IP:PORT")]
     MissingAddress,
     #[error("no view: set VIEW or pass --view IP:PORT,IP:PORT,...")]
@@ -68,6 +86,55 @@ pub struct ServeArgs {
     /// cluster` does).
     #[arg(long, env = "CAUSALKV_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+    /// File holding the cluster secret that authenticates replica-to-replica traffic: the
+    /// current secret on the first line, optionally the previous one (still accepted) on
+    /// the second. Re-read when it changes, for rotation without downtime. The environment
+    /// variable CLUSTER_SECRET is the other way to give a secret; without either, internal
+    /// messages are accepted only from the source address they claim.
+    #[arg(long, env = "CLUSTER_SECRET_FILE", value_name = "PATH")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// The secret from the environment (`CLUSTER_SECRET`); never a flag, so that it stays
+    /// out of `ps`.
+    #[arg(skip = std::env::var("CLUSTER_SECRET").ok().filter(|s| !s.is_empty()))]
+    pub cluster_secret: Option<String>,
+    /// This replica's TLS certificate (PEM, with an IP subject alternative name for its
+    /// address): serve HTTPS instead of HTTP. Needs --tls-key and --tls-ca.
+    #[arg(long, env = "TLS_CERT", value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "TLS_KEY", value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA (PEM) that signed every replica's certificate: peers are verified against
+    /// it, and the internal endpoints accept only clients presenting a certificate it
+    /// signed (mutual TLS between replicas).
+    #[arg(long, env = "TLS_CA", value_name = "PATH")]
+    pub tls_ca: Option<PathBuf>,
+    /// Most open client connections; past it, new connections get 503 and are closed.
+    /// Replicas of the view keep a separate reserve, so a flood of clients cannot starve
+    /// replication or probes.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// A connection that has not sent a whole request head within this time (including
+    /// an idle keep-alive connection) is closed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+}
+
+/// Where the cluster secret comes from.
+#[derive(Debug, Clone)]
+pub enum SecretSource {
+    /// `CLUSTER_SECRET`: fixed for the life of the process.
+    Env(Arc<Keyring>),
+    /// `--cluster-secret-file`: loaded now, re-read when it changes.
+    File(PathBuf, Arc<Keyring>),
+}
+
+/// TLS files, all present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 /// A validated configuration.
@@ -85,6 +152,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub delivery_buffer: usize,
     pub peer_queue: usize,
+    pub secret: Option<SecretSource>,
+    pub tls: Option<TlsFiles>,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
 }
 
 impl ServeArgs {
@@ -114,7 +185,40 @@ impl ServeArgs {
             max_body_bytes: self.max_body_bytes,
             delivery_buffer: self.delivery_buffer,
             peer_queue: self.peer_queue,
+            secret: self.secret()?,
+            tls: self.tls()?,
+            max_connections: match self.max_connections {
+                0 => return Err(ConfigError::NoConnections),
+                n => n,
+            },
+            header_timeout: self.header_timeout,
         })
+    }
+
+    fn secret(&self) -> Result<Option<SecretSource>, ConfigError> {
+        match (&self.cluster_secret, &self.cluster_secret_file) {
+            (Some(_), Some(_)) => Err(ConfigError::TwoSecrets),
+            (Some(secret), None) => Ok(Some(SecretSource::Env(Arc::new(Keyring::single(secret)?)))),
+            (None, Some(path)) => Ok(Some(SecretSource::File(
+                path.clone(),
+                Arc::new(Keyring::load(path)?),
+            ))),
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn tls(&self) -> Result<Option<TlsFiles>, ConfigError> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (None, None, None) => Ok(None),
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            })),
+            (Some(_), None, _) | (None, Some(_), _) => Err(ConfigError::HalfTls),
+            (Some(_), Some(_), None) => Err(ConfigError::TlsWithoutCa),
+            (None, None, Some(_)) => Err(ConfigError::CaWithoutCert),
+        }
     }
 }
 

@@ -28,11 +28,6 @@ pub struct Write {
     pub deps: Clock,
 }
 
-/// The largest Lamport time or sequence number a replica accepts from a peer. Honest
-/// counters stay far below it (one step per write); anything above is malformed, and the
-/// bound keeps local counters from ever overflowing.
-pub const MAX_COUNTER: u64 = 1 << 62;
-
 impl Write {
     /// Approximate size in bytes of the key and value, for batching.
     pub fn size(&self) -> usize {

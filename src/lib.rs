@@ -16,6 +16,7 @@
 
 pub mod alloc;
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod causal;
 pub mod check;
@@ -24,11 +25,13 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod delivery;
+pub mod listener;
 pub mod membership;
 pub mod node;
 pub mod peer;
 pub mod replica;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod varint;
 pub mod wire;

@@ -7,21 +7,35 @@
 //! full) or sent (peer out of view, request failed) is not acknowledged; anti-entropy brings
 //! it to the peer later. No lock is held while a request is in flight.
 
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use reqwest::StatusCode;
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::auth;
 use crate::causal::Addr;
 use crate::delivery::Write;
+use crate::node::trust::Trust;
+use crate::wire::Validate;
 
 /// Most writes in one replication request.
 const MAX_BATCH: usize = 512;
 /// A batch stops growing once its values reach this many bytes.
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// Pooled connections to a peer are dropped after this long idle: well before a replica
+/// closes an idle connection itself (`--header-timeout`, 10 s by default), so that no
+/// request is ever sent on a connection the peer is closing.
+const POOL_IDLE: Duration = Duration::from_secs(4);
 
 /// Why a request to a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +48,8 @@ pub enum PeerError {
     Refused { status: StatusCode, message: String },
     #[error("peer sent a malformed answer: {0}")]
     Malformed(String),
+    #[error("peer's answer is not authenticated: {0}")]
+    Unauthenticated(String),
 }
 
 impl PeerError {
@@ -43,26 +59,41 @@ impl PeerError {
     }
 }
 
+/// How this replica reaches its peers: who it is, what it signs with, and over what.
+#[derive(Debug)]
+pub struct PeerSettings {
+    pub me: Addr,
+    pub trust: Arc<Trust>,
+    /// Present when replicas speak TLS: trusts the cluster CA and presents this
+    /// replica's certificate.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The address outgoing connections start from: this replica's own IP when it can
+    /// bind it, so that peers that check source addresses see the address it claims.
+    pub local_ip: Option<IpAddr>,
+}
+
 /// The HTTP client for replica-to-replica traffic; cheap to clone, connections are pooled
-/// and kept alive per peer.
+/// and kept alive per peer. Every request is signed and every answer verified when the
+/// cluster has a secret.
 #[derive(Clone, Debug)]
 pub struct PeerClient {
-    http: reqwest::Client,
+    http: HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    settings: Arc<PeerSettings>,
 }
 
 impl PeerClient {
-    pub fn new() -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(1))
-            .pool_idle_timeout(Duration::from_secs(60))
+    pub fn new(settings: Arc<PeerSettings>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(1)));
+        connector.set_local_address(settings.local_ip);
+        let http = HyperClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
             .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .build()?;
-        Ok(PeerClient { http })
+            .build(crate::tls::connector(connector, settings.tls.clone()));
+        PeerClient { http, settings }
     }
 
-    /// POSTs `body` as JSON to `http://{addr}{path}` and decodes the JSON answer.
+    /// POSTs `body` as JSON to `addr`'s `path` and decodes the JSON answer.
     pub async fn post<B: Serialize + ?Sized, R: DeserializeOwned>(
         &self,
         addr: &str,
@@ -71,16 +102,42 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<R, PeerError> {
         let bytes = serde_json::to_vec(body).map_err(|e| PeerError::Malformed(e.to_string()))?;
-        let request = self
-            .http
-            .post(format!("http://{addr}{path}"))
-            .header("content-type", "application/json")
-            .body(bytes)
-            .send();
+        let scheme = if self.settings.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let me = &self.settings.me;
+        let mut request = http::Request::post(format!("{scheme}://{addr}{path}"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(auth::FROM, me.as_ref());
+        let keys = self.settings.trust.keyring();
+        let nonce = auth::nonce();
+        if let Some(keys) = &keys {
+            let signed = auth::sign_request(keys, "POST", path, me, now_ms(), &nonce, &bytes);
+            request = request
+                .header(auth::TIME, signed.time_ms)
+                .header(auth::NONCE, signed.nonce)
+                .header(auth::MAC, signed.mac);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(|e| PeerError::Unreachable(format!("not a valid peer address: {e}")))?;
         let exchange = async {
-            let response = request.await.map_err(classify)?;
+            let response = self.http.request(request).await.map_err(|e| classify(&e))?;
             let status = response.status();
-            let body = response.bytes().await.map_err(classify)?;
+            let mac = response.headers().get(auth::MAC).cloned();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| classify(&e))?
+                .to_bytes();
+            if let Some(keys) = &keys {
+                let mac = mac.as_ref().and_then(|m| m.to_str().ok()).unwrap_or("");
+                auth::verify_answer(keys, &nonce, status.as_u16(), addr, &body, mac)
+                    .map_err(|e| PeerError::Unauthenticated(e.to_string()))?;
+            }
             if !status.is_success() {
                 let message = String::from_utf8_lossy(&body).into_owned();
                 return Err(PeerError::Refused { status, message });
@@ -93,8 +150,41 @@ impl PeerClient {
     }
 }
 
-fn classify(error: reqwest::Error) -> PeerError {
-    PeerError::Unreachable(error.to_string())
+impl PeerClient {
+    /// Like [`PeerClient::post`], for an answer that must also pass validation under the
+    /// receiver's current limits before this replica acts on it.
+    pub async fn post_checked<B: Serialize + ?Sized, R: DeserializeOwned + Validate>(
+        &self,
+        addr: &str,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<R, PeerError> {
+        let answer: R = self.post(addr, path, body, timeout).await?;
+        answer
+            .validate(&crate::node::limits())
+            .map_err(PeerError::Malformed)?;
+        Ok(answer)
+    }
+}
+
+/// Milliseconds since the Unix epoch, the time a signed request carries.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// An error and its causes, in one line.
+fn classify(error: &dyn std::error::Error) -> PeerError {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    PeerError::Unreachable(text)
 }
 
 /// One write queued for a peer, with the acknowledgement its client may wait for.
@@ -117,6 +207,8 @@ pub trait LinkOwner: Send + Sync + 'static {
     fn may_send_to(&self, peer: &Addr) -> bool;
     /// A replication request to `peer`, sent with the client of `generation`, failed.
     fn replication_failed(&self, peer: &Addr, generation: u64, error: &PeerError);
+    /// `peer` answered but refused replicated writes (not for being out of its view).
+    fn replication_refused(&self, peer: &Addr, why: &str);
 }
 
 /// Starts the link to `peer`; it ends when the sender is dropped.
@@ -163,34 +255,48 @@ async fn send_batch<O: LinkOwner>(owner: &O, peer: &Addr, batch: Vec<Outgoing>) 
         result = replicate(&client, peer, &message, timeout).await;
     }
     match result {
-        Ok(()) => {
+        Ok(Ok(())) => {
             for outgoing in batch {
                 if let Some(ack) = outgoing.ack {
                     let _ = ack.send(());
                 }
             }
         }
+        // Not acknowledged: dropping the batch's acknowledgement senders tells waiting
+        // clients at once. The peer's own probes see what it misses and pull it.
+        Ok(Err(refused)) => owner.replication_refused(peer, &refused),
         Err(error @ (PeerError::Timeout(_) | PeerError::Unreachable(_))) => {
             owner.replication_failed(peer, generation, &error)
         }
         Err(error) if error.is_not_in_view() => {
             tracing::debug!(%peer, "peer does not list us yet; anti-entropy will catch it up");
         }
-        Err(error) => {
-            tracing::warn!(%peer, %error, "peer refused replicated writes; anti-entropy will retry")
-        }
+        Err(error) => owner.replication_refused(peer, &error.to_string()),
     }
 }
 
+/// What a peer answered to a batch it took: how many writes it refused.
+#[derive(serde::Deserialize)]
+struct Taken {
+    #[serde(default)]
+    refused: usize,
+}
+
+/// Sends one batch; `Ok(Err(why))` when the peer answered but refused some of it.
 async fn replicate(
     client: &PeerClient,
     peer: &Addr,
     message: &crate::wire::Replicate,
     timeout: Duration,
-) -> Result<(), PeerError> {
-    let answer: serde_json::Value = client
+) -> Result<Result<(), String>, PeerError> {
+    let taken: Taken = client
         .post(peer, crate::wire::REPLICATE, message, timeout)
         .await?;
-    drop(answer);
-    Ok(())
+    Ok(match taken.refused {
+        0 => Ok(()),
+        n => Err(format!(
+            "the peer refused {n} of {} writes",
+            message.writes.len()
+        )),
+    })
 }

@@ -17,7 +17,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::causal::{Addr, Clock, Dot, Incarnation};
+use crate::causal::limits::MAX_COUNTER;
+use crate::causal::{Addr, Clock, Dot, Incarnation, Limits};
 use crate::delivery::{DeliveryBuffer, Offer, Write};
 use crate::store::{Entry, Key, Read, Store, Value};
 
@@ -26,6 +27,8 @@ use crate::store::{Entry, Key, Read, Store, Value};
 pub enum CoreError {
     #[error("this replica has not finished bootstrapping")]
     NotReady,
+    #[error("this replica's Lamport time is at the ceiling its peers accept; try again later")]
+    ClockAhead,
 }
 
 /// A write made at this replica, ready to be answered and replicated.
@@ -139,19 +142,25 @@ impl Replica {
     }
 
     /// Makes a local write (`value: None` deletes). The caller has checked `satisfies(deps)`.
+    /// The write is checked against `limits` as the peers will check it, so that this
+    /// replica never makes a write they refuse.
     pub fn write(
         &mut self,
         key: Key,
         value: Option<Value>,
         deps: &Clock,
+        limits: &Limits,
     ) -> Result<LocalWrite, CoreError> {
         let inc = self.me.clone().ok_or(CoreError::NotReady)?;
         let dot = Dot {
             seq: self.clock.get(&inc).saturating_add(1),
             inc,
         };
-        // Saturating: a peer claiming the last Lamport time must not crash this replica.
-        self.lamport = self.lamport.saturating_add(1);
+        let lamport = self.lamport.saturating_add(1);
+        if lamport > limits.max_lamport || dot.seq > MAX_COUNTER {
+            return Err(CoreError::ClockAhead);
+        }
+        self.lamport = lamport;
         let entry = Entry {
             value,
             lamport: self.lamport,
@@ -237,9 +246,13 @@ impl Replica {
     }
 
     /// Applies the entries of a delta chunk; the clock follows with `merge_clock`.
+    /// Entries claiming writes of this incarnation that it never made are dropped.
     pub fn merge_entries(&mut self, entries: Vec<(Key, Entry)>) -> usize {
         let mut changed = 0;
         for (key, entry) in entries {
+            if self.me.as_ref() == Some(&entry.dot.inc) && !self.clock.covers(&entry.dot) {
+                continue;
+            }
             self.lamport = self.lamport.max(entry.lamport);
             changed += usize::from(self.store.apply(key, entry));
         }
@@ -248,8 +261,12 @@ impl Replica {
 
     /// Merges the clock of a delta whose entries are all applied, then applies whatever
     /// buffered writes that unblocked; returns how many.
+    /// A peer's clock never advances or retires this replica's own entry.
     pub fn merge_clock(&mut self, clock: &Clock) -> usize {
-        self.clock.merge(clock);
+        match &self.me {
+            Some(me) => self.clock.merge_except(clock, me),
+            None => self.clock.merge(clock),
+        }
         self.release_deliverable()
     }
 
@@ -272,7 +289,8 @@ mod tests {
     }
 
     fn put(r: &mut Replica, key: &str, v: &str, deps: &Clock) -> LocalWrite {
-        r.write(key.into(), Some(value(v)), deps).unwrap()
+        r.write(key.into(), Some(value(v)), deps, &Limits::loose())
+            .unwrap()
     }
 
     fn value_of(r: &Replica, key: &str) -> Option<String> {
@@ -286,8 +304,13 @@ mod tests {
     fn a_replica_cannot_write_before_bootstrap() {
         let mut r = Replica::new("a".into(), 10);
         assert_eq!(
-            r.write("k".into(), Some(value("1")), &Clock::new())
-                .unwrap_err(),
+            r.write(
+                "k".into(),
+                Some(value("1")),
+                &Clock::new(),
+                &Limits::loose()
+            )
+            .unwrap_err(),
             CoreError::NotReady
         );
         assert!(!r.satisfies(&Clock::new()));
@@ -355,19 +378,54 @@ mod tests {
     }
 
     #[test]
-    fn extreme_numbers_from_peers_do_not_break_local_writes() {
+    fn a_lamport_time_at_the_ceiling_leaves_writes_possible() {
+        let now = 1_800_000_000_000_000;
         let mut a = ready("a", 1);
         let mut peer = ready("p", 1);
         let mut w = put(&mut peer, "k", "1", &Clock::new()).write;
-        w.entry.lamport = u64::MAX;
-        assert!(w.entry.validate().is_err(), "the API refuses such a write");
+        w.entry.lamport = now;
+        assert!(w.entry.validate(&Limits::at(now)).is_ok());
+        assert!(w.entry.validate(&Limits::at(now - 1)).is_err());
         assert_eq!(a.receive([w]).applied, 1);
-        let mine = put(&mut a, "after", "2", &Clock::new());
-        assert_eq!(
-            mine.write.entry.lamport,
-            u64::MAX,
-            "saturates instead of panicking"
+        // At the same instant the next write would be above what peers accept: refused
+        // here rather than made and then refused by every peer.
+        let at_now = a.write(
+            "x".into(),
+            Some(value("2")),
+            &Clock::new(),
+            &Limits::at(now),
         );
+        assert_eq!(at_now.unwrap_err(), CoreError::ClockAhead);
+        // A microsecond later it passes the peers' check.
+        let later = Limits::at(now + 1);
+        let mine = a
+            .write("after".into(), Some(value("2")), &Clock::new(), &later)
+            .unwrap();
+        assert_eq!(mine.write.entry.lamport, now + 1);
+        assert!(mine.write.entry.validate(&later).is_ok());
+    }
+
+    #[test]
+    fn a_peer_cannot_raise_or_retire_this_replicas_own_entry() {
+        let mut a = ready("a", 5);
+        let first = put(&mut a, "k", "1", &Clock::new());
+        let me = first.write.entry.dot.inc.clone();
+        let mut forged = Clock::from_entries([(me.clone(), 1 << 40)]);
+        forged.raise_floor(&me.addr, me.epoch + 10);
+        a.merge_clock(&forged);
+        assert_eq!(a.clock().get(&me), 1, "own entry untouched");
+        let forged_entry = Entry {
+            value: Some(value("3")),
+            lamport: 3,
+            dot: Dot {
+                inc: me.clone(),
+                seq: 7,
+            },
+        };
+        assert_eq!(a.merge_entries(vec![("forged".into(), forged_entry)]), 0);
+        let second = put(&mut a, "k", "2", &first.metadata);
+        assert_eq!(second.write.entry.dot.seq, 2, "the counter keeps advancing");
+        assert_eq!(value_of(&a, "forged"), None);
     }
 
     #[test]
@@ -384,7 +442,8 @@ mod tests {
         let mut a = ready("a", 1);
         put(&mut a, "x", "1", &Clock::new());
         put(&mut a, "x", "2", &Clock::new());
-        a.write("gone".into(), None, &Clock::new()).unwrap();
+        a.write("gone".into(), None, &Clock::new(), &Limits::loose())
+            .unwrap();
         let mut fresh = Replica::new("b".into(), 10);
         let delta = a.delta_for(fresh.clock());
         assert_eq!(delta.entries.len(), 2, "one entry per key, not per write");
@@ -488,7 +547,9 @@ mod tests {
                         continue;
                     }
                     let v = (!delete).then(|| value(&i.to_string()));
-                    let w = replicas[r].write(key.to_string().into(), v, &deps).unwrap();
+                    let w = replicas[r]
+                        .write(key.to_string().into(), v, &deps, &Limits::loose())
+                        .unwrap();
                     sessions[seen] = w.metadata;
                     made[r].push(w.write);
                 }

@@ -1,25 +1,30 @@
 //! `causalkv serve`: binds the listener, starts the node's tasks and serves the API until
-//! shutdown is requested.
+//! shutdown is requested; keeps the cluster secret file loaded.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::api;
-use crate::config::Config;
+use crate::config::{Config, SecretSource};
+use crate::listener::{self, Options};
 use crate::node::{self, Node};
+use crate::tls::{self, TlsError};
+
+/// How often a secret file is checked for changes.
+const SECRET_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
-    #[error("cannot build the HTTP client for peers: {0}")]
-    Client(#[from] reqwest::Error),
-    #[error("the server stopped: {0}")]
-    Io(#[from] io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// Runs a replica until `shutdown` completes.
@@ -28,26 +33,69 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let addr = config.bind;
+    let tls = match &config.tls {
+        Some(files) => Some(TlsAcceptor::from(tls::server_config(
+            &files.cert,
+            &files.key,
+            Some(&files.ca),
+        )?)),
+        None => None,
+    };
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| ServeError::Bind { addr, source })?
-        .tap_io(|tcp| {
-            // Small request/response exchanges: never wait for Nagle's algorithm.
-            let _ = tcp.set_nodelay(true);
-        });
+        .map_err(|source| ServeError::Bind { addr, source })?;
     tracing::info!(
         replica = %config.me,
         bind = %addr,
         view = ?config.view,
+        tls = tls.is_some(),
         "replica listening"
     );
+    log_trust(&config);
+    let options = Options {
+        max_connections: config.max_connections,
+        header_timeout: config.header_timeout,
+        tls,
+    };
     let node = Node::new(config)?;
     node::start(&node);
-    axum::serve(listener, api::router(node))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let reload = tokio::spawn(reload_secret(node.clone()));
+    listener::serve(listener, api::router(node.clone()), node, options, shutdown).await;
+    reload.abort();
     tracing::info!("replica stopped");
     Ok(())
+}
+
+/// Says once how internal traffic is authenticated.
+fn log_trust(config: &Config) {
+    match (&config.secret, &config.tls) {
+        (Some(SecretSource::Env(_)), _) => {
+            tracing::info!(
+                "internal traffic is authenticated with the cluster secret (CLUSTER_SECRET)"
+            )
+        }
+        (Some(SecretSource::File(path, keys)), _) => tracing::info!(
+            path = %path.display(),
+            secrets = keys.len(),
+            "internal traffic is authenticated with the cluster secret file"
+        ),
+        (None, Some(_)) => tracing::info!(
+            "internal traffic is authenticated by mutual TLS and by source address (no cluster secret)"
+        ),
+        (None, None) => tracing::warn!(
+            "no cluster secret: internal traffic is authenticated only by its source address; \
+             set CLUSTER_SECRET or --cluster-secret-file on every replica"
+        ),
+    }
+}
+
+/// Re-reads the secret file when it changes (rotation without a restart).
+async fn reload_secret(node: Arc<Node>) {
+    let mut ticker = tokio::time::interval(SECRET_RELOAD_INTERVAL);
+    loop {
+        ticker.tick().await;
+        node.trust.reload();
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

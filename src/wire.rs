@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::causal::{Addr, Clock};
+use crate::causal::limits::MAX_COUNTER;
+use crate::causal::{Addr, Clock, Limits};
 use crate::delivery::Write;
 
 pub const HEARTBEAT: &str = "/internal/heartbeat";
@@ -73,8 +74,31 @@ pub struct SyncRequest {
 
 /// A peer message whose fields must be checked beyond their types.
 pub trait Validate {
-    /// Why the message is malformed, if it is.
-    fn validate(&self) -> Result<(), String>;
+    /// Why the message is malformed under the receiver's `limits`, if it is.
+    fn validate(&self, limits: &Limits) -> Result<(), String>;
+}
+
+/// Why a clock from a peer is malformed: an epoch too far ahead, a counter out of range.
+pub fn check_clock(clock: &Clock, limits: &Limits) -> Result<(), String> {
+    if clock.max_epoch() > limits.max_epoch {
+        return Err(format!(
+            "clock names epoch {}, too far ahead of this replica's clock",
+            clock.max_epoch()
+        ));
+    }
+    if clock.max_seq() > MAX_COUNTER {
+        return Err(format!("clock names sequence number {}", clock.max_seq()));
+    }
+    Ok(())
+}
+
+fn check_epoch(epoch: Option<u64>, limits: &Limits) -> Result<(), String> {
+    match epoch {
+        Some(epoch) if epoch > limits.max_epoch => Err(format!(
+            "epoch {epoch} is too far ahead of this replica's clock"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Replicas are named by canonical `IP:PORT` strings; anything else is refused, so that
@@ -89,39 +113,54 @@ pub fn check_addr(addr: &str) -> Result<(), String> {
 }
 
 impl Validate for Heartbeat {
-    fn validate(&self) -> Result<(), String> {
-        check_addr(&self.from)
+    fn validate(&self, limits: &Limits) -> Result<(), String> {
+        check_addr(&self.from)?;
+        check_epoch(self.epoch, limits)?;
+        check_clock(&self.clock, limits)
+    }
+}
+
+impl Validate for Status {
+    fn validate(&self, limits: &Limits) -> Result<(), String> {
+        check_epoch(self.epoch, limits)?;
+        check_clock(&self.clock, limits)
     }
 }
 
 impl Validate for Announce {
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self, _: &Limits) -> Result<(), String> {
         check_addr(&self.from)
     }
 }
 
 impl Validate for ViewChange {
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self, _: &Limits) -> Result<(), String> {
         check_addr(&self.from)?;
         check_addr(&self.addr)
     }
 }
 
 impl Validate for Replicate {
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self, limits: &Limits) -> Result<(), String> {
         check_addr(&self.from)?;
-        self.writes.iter().try_for_each(|w| w.entry.validate())
+        self.writes.iter().try_for_each(|w| {
+            w.entry.validate(limits)?;
+            check_clock(&w.deps, limits)
+        })
     }
 }
 
 impl Validate for crate::replica::Delta {
-    fn validate(&self) -> Result<(), String> {
-        self.entries.iter().try_for_each(|(_, e)| e.validate())
+    fn validate(&self, limits: &Limits) -> Result<(), String> {
+        check_clock(&self.clock, limits)?;
+        self.entries
+            .iter()
+            .try_for_each(|(_, e)| e.validate(limits))
     }
 }
 
 impl Validate for SyncRequest {
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self, _: &Limits) -> Result<(), String> {
         check_addr(&self.from)
     }
 }

@@ -17,11 +17,15 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::http::HeaderValue;
 use axum::http::{Method, Request, StatusCode, header};
+use causalkv::api::Remote;
+use causalkv::auth::{self, Keyring, Signed};
 use causalkv::causal::{Clock, Dot, Incarnation, metadata};
 use causalkv::config::{Config, ServeArgs};
 use causalkv::delivery::Write;
 use causalkv::node::Node;
+use causalkv::peer::now_ms;
 use causalkv::store::Entry;
 use causalkv::wire::{self, Heartbeat, Replicate, SyncRequest, ViewChange, ViewOp};
 use clap::Parser;
@@ -71,6 +75,11 @@ struct Cli {
 /// A single-replica configuration with short waits, so that `503`s and unreachable peers
 /// added by the fuzzer cost milliseconds.
 fn config(listen: &str) -> Config {
+    config_with(listen, None, "300ms")
+}
+
+/// The same, with the cluster secret `secret` when given, and a failure timeout.
+fn config_with(listen: &str, secret: Option<&str>, failure_timeout: &str) -> Config {
     let max_body = MAX_BODY.to_string();
     let args = [
         "handlers",
@@ -87,35 +96,78 @@ fn config(listen: &str) -> Config {
         "--heartbeat-interval",
         "50ms",
         "--failure-timeout",
-        "300ms",
+        failure_timeout,
     ];
-    Cli::try_parse_from(args)
-        .expect("valid flags")
-        .serve
-        .validate()
-        .expect("valid configuration")
+    let mut args = Cli::try_parse_from(args).expect("valid flags").serve;
+    args.cluster_secret = secret.map(str::to_owned);
+    args.validate().expect("valid configuration")
+}
+
+/// The cluster secret of the replicas that have one.
+const SECRET: &str = "handlers-test-cluster-secret-0123456789";
+
+/// The headers that carry a request's signature.
+fn signed_headers(signed: &Signed) -> [(&'static str, String); 3] {
+    [
+        (auth::TIME, signed.time_ms.to_string()),
+        (auth::NONCE, signed.nonce.clone()),
+        (auth::MAC, signed.mac.clone()),
+    ]
 }
 
 /// One replica served in process.
 struct Replica {
     rt: Runtime,
     app: Router,
+    /// The cluster secret the harness signs internal requests with, as a peer would.
+    keys: Option<Keyring>,
+    /// Where requests appear to come from.
+    source: SocketAddr,
 }
 
 impl Replica {
     fn start(listen: &str) -> Replica {
+        Replica::start_with(config(listen))
+    }
+
+    /// A replica with the cluster secret `SECRET`.
+    fn with_secret(listen: &str) -> Replica {
+        Replica::start_with_secret(config_with(listen, Some(SECRET), "300ms"))
+    }
+
+    fn start_with_secret(config: Config) -> Replica {
+        let mut replica = Replica::start_with(config);
+        replica.keys = Some(Keyring::single(SECRET).expect("a valid secret"));
+        replica
+    }
+
+    /// A replica (with `SECRET` when `secret`) whose view does not lose its unreachable
+    /// members for a minute, so that only the messages a test sends change it.
+    fn steady(secret: bool) -> Replica {
+        match secret {
+            true => Replica::start_with_secret(config_with(ME, Some(SECRET), "60s")),
+            false => Replica::start_with(config_with(ME, None, "60s")),
+        }
+    }
+
+    fn start_with(config: Config) -> Replica {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a tokio runtime");
         let node = rt.block_on(async {
-            let node = Node::new(config(listen)).expect("a node");
+            let node = Node::new(config).expect("a node");
             causalkv::node::start(&node);
             wait_until_ready(&node).await;
             node
         });
         let app = causalkv::api::router(node);
-        Replica { rt, app }
+        Replica {
+            rt,
+            app,
+            keys: None,
+            source: "127.0.0.1:40000".parse().expect("an address"),
+        }
     }
 
     fn call(&self, method: Method, uri: &str, body: Body) -> Reply {
@@ -129,11 +181,53 @@ impl Replica {
         content_type: Option<&str>,
         body: Body,
     ) -> Reply {
-        let mut request = Request::builder().method(method).uri(uri);
+        let mut request = Request::builder().method(method.clone()).uri(uri);
         if let Some(content_type) = content_type {
             request = request.header(header::CONTENT_TYPE, content_type);
         }
         let request = request.body(body).expect("a well-formed request");
+        let request = self.rt.block_on(self.as_peer(request));
+        self.send(request)
+    }
+
+    /// Adds what the listener and a peer add to an internal request: the connection's
+    /// source, the sender named in the body, and with a secret, the signature.
+    async fn as_peer(&self, request: Request<Body>) -> Request<Body> {
+        let (mut parts, body) = request.into_parts();
+        parts.extensions.insert(Remote {
+            addr: self.source,
+            peer_certificate: false,
+        });
+        let bytes = body.collect().await.expect("a body").to_bytes();
+        if parts.uri.path().starts_with("/internal/") {
+            let from = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("from")?.as_str().map(str::to_owned));
+            if let Some(from) = from.filter(|f| HeaderValue::from_str(f).is_ok()) {
+                parts
+                    .headers
+                    .insert(auth::FROM, from.parse().expect("checked"));
+                if let Some(keys) = &self.keys {
+                    let signed = auth::sign_request(
+                        keys,
+                        parts.method.as_str(),
+                        parts.uri.path(),
+                        &from,
+                        now_ms(),
+                        &auth::nonce(),
+                        &bytes,
+                    );
+                    for (name, value) in signed_headers(&signed) {
+                        parts.headers.insert(name, value.parse().expect("ASCII"));
+                    }
+                }
+            }
+        }
+        Request::from_parts(parts, Body::from(bytes))
+    }
+
+    /// Sends a request exactly as given.
+    fn send(&self, request: Request<Body>) -> Reply {
         self.rt.block_on(async {
             let answer = tokio::time::timeout(REQUEST_TIMEOUT, self.app.clone().oneshot(request));
             let response = answer
@@ -620,7 +714,8 @@ fn apply_edits(text: &str, edits: &[Edit]) -> String {
 /// Replica addresses as a peer might send them: this node, unreachable ones, garbage.
 fn arb_addr() -> impl Strategy<Value = String> {
     prop_oneof![
-        2 => Just(ME.to_owned()),
+        2 => Just(STRANGER.to_owned()),
+        1 => Just(ME.to_owned()),
         2 => "127\\.0\\.0\\.1:[2-9]",
         1 => "\\PC{1,20}",
     ]
@@ -668,7 +763,7 @@ fn arb_write() -> impl Strategy<Value = Write> {
 
 /// A batch of writes, mostly from this node itself: the one sender always in its view.
 fn arb_replicate() -> impl Strategy<Value = Replicate> {
-    let from = prop_oneof![3 => Just(ME.to_owned()), 1 => arb_addr()];
+    let from = prop_oneof![3 => Just(STRANGER.to_owned()), 1 => arb_addr()];
     let writes = prop::collection::vec(arb_write().prop_map(Arc::new), 0..4);
     (from, writes).prop_map(|(from, writes)| Replicate {
         from: from.into(),
@@ -946,12 +1041,13 @@ fn check_still_serving(replica: &Replica) -> TestCaseResult {
 
 /// Arbitrary peer messages on the internal endpoints: answered 2xx or 4xx in JSON, and
 /// leave a replica that lists only socket addresses and still serves clients. Each case
-/// gets a fresh node, so that a failure shrinks to the messages that cause it.
-#[test]
-fn internal_endpoints_answer_in_json_and_leave_a_working_replica() {
+/// gets a fresh node, so that a failure shrinks to the messages that cause it. The
+/// stranger announces itself first, so that its messages reach the handlers.
+fn fuzz_internal_endpoints(start: fn() -> Replica) {
     let requests = prop::collection::vec(arb_internal_request(), 1..4);
     check(300, requests, |requests| {
-        let replica = Replica::start(ME);
+        let replica = start();
+        replica.post(wire::ANNOUNCE, &json!({ "from": STRANGER }));
         for InternalRequest { method, path, body } in requests {
             let reply = replica.call(method.clone(), path, Body::from(body));
             prop_assert!(
@@ -965,6 +1061,271 @@ fn internal_endpoints_answer_in_json_and_leave_a_working_replica() {
         }
         check_still_serving(&replica)
     });
+}
+
+#[test]
+fn internal_endpoints_answer_in_json_and_leave_a_working_replica() {
+    fuzz_internal_endpoints(|| Replica::start(ME));
+}
+
+/// The same garbage, signed with the cluster's own secret: still no panic, no 5xx, and a
+/// replica that serves.
+#[test]
+fn authenticated_garbage_leaves_a_working_replica() {
+    fuzz_internal_endpoints(|| Replica::with_secret(ME));
+}
+
+// ---------------------------------------------------------------------------------------
+// Forged, tampered and replayed peer messages.
+// ---------------------------------------------------------------------------------------
+
+/// A peer message that would change the replica if it were accepted.
+fn harmful_messages() -> Vec<(&'static str, Value)> {
+    let write = json!({
+        "key": "injected",
+        "entry": {
+            "value": "evil",
+            "lamport": 5,
+            "dot": { "inc": { "addr": STRANGER, "epoch": 1 }, "seq": 1 },
+        },
+        "deps": { "entries": [] },
+    });
+    vec![
+        (
+            wire::HEARTBEAT,
+            json!({ "from": STRANGER, "epoch": 1, "clock": {"entries": []} }),
+        ),
+        (wire::ANNOUNCE, json!({ "from": "127.0.0.1:8" })),
+        (
+            wire::VIEW_CHANGE,
+            json!({ "from": STRANGER, "op": "add", "addr": "127.0.0.1:9" }),
+        ),
+        (
+            wire::VIEW_CHANGE,
+            json!({ "from": STRANGER, "op": "remove", "addr": STRANGER }),
+        ),
+        (
+            wire::REPLICATE,
+            json!({ "from": STRANGER, "writes": [write] }),
+        ),
+        (
+            wire::SYNC,
+            json!({ "from": STRANGER, "clock": {"entries": []} }),
+        ),
+    ]
+}
+
+/// What a refused message must leave unchanged: the view, the store, the clock.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    view: Vec<Value>,
+    injected: StatusCode,
+    clock: Value,
+}
+
+impl Replica {
+    fn snapshot(&self) -> Snapshot {
+        // The replica's clock, as a genuine probe from the stranger sees it.
+        let probe = self.post(
+            wire::HEARTBEAT,
+            &json!({ "from": STRANGER, "epoch": null, "clock": {"entries": []} }),
+        );
+        assert_eq!(probe.status, StatusCode::OK, "{probe:?}");
+        Snapshot {
+            view: self.view(),
+            injected: self.kvs(Method::GET, "injected", None).status,
+            clock: probe.json()["clock"].clone(),
+        }
+    }
+
+    fn request(&self, path: &str, body: &Value, headers: &[(&str, String)]) -> Request<Body> {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .extension(Remote {
+                addr: self.source,
+                peer_certificate: false,
+            });
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        request
+            .body(Body::from(body.to_string()))
+            .expect("a request")
+    }
+
+    /// The headers of `body` sent to `path`, signed with `keys` at `time_ms`.
+    fn signed(
+        &self,
+        keys: &Keyring,
+        path: &str,
+        body: &Value,
+        time_ms: u64,
+    ) -> Vec<(&str, String)> {
+        let from = body["from"].as_str().expect("a sender").to_owned();
+        let signed = auth::sign_request(
+            keys,
+            "POST",
+            path,
+            &from,
+            time_ms,
+            &auth::nonce(),
+            body.to_string().as_bytes(),
+        );
+        let mut headers = vec![(auth::FROM, from)];
+        headers.extend(signed_headers(&signed));
+        headers
+    }
+}
+
+fn assert_refused(reply: &Reply, what: &str) {
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{what}: {reply:?}");
+    assert_eq!(reply.content_type.as_deref(), Some("application/json"));
+    assert!(reply.error().is_some(), "{what}: {reply:?}");
+}
+
+#[test]
+fn with_a_secret_forged_tampered_stale_and_replayed_messages_change_nothing() {
+    let replica = Replica::steady(true);
+    replica.post(wire::ANNOUNCE, &json!({ "from": STRANGER }));
+    let keys = replica.keys.as_ref().expect("a secret");
+    let wrong = Keyring::single("not-the-cluster-secret-at-all!!").expect("a secret");
+    let window = auth::WINDOW.as_millis() as u64;
+    for (path, body) in harmful_messages() {
+        let before = replica.snapshot();
+        let unsigned = vec![(auth::FROM, body["from"].as_str().unwrap_or("").to_owned())];
+        let forged = replica.signed(&wrong, path, &body, now_ms());
+        let stale = replica.signed(keys, path, &body, now_ms() - 2 * window);
+        let future = replica.signed(keys, path, &body, now_ms() + 2 * window);
+        let tampered = replica.signed(keys, path, &json!({"from": STRANGER, "x": 1}), now_ms());
+        let mut other_sender = replica.signed(keys, path, &body, now_ms());
+        other_sender[0].1 = "127.0.0.1:3".into();
+        for (what, headers) in [
+            ("unsigned", unsigned),
+            ("forged", forged),
+            ("stale", stale),
+            ("from the future", future),
+            ("tampered", tampered),
+            ("another sender", other_sender),
+        ] {
+            let reply = replica.send(replica.request(path, &body, &headers));
+            assert_refused(&reply, &format!("{what} {path}"));
+            assert_eq!(
+                replica.snapshot(),
+                before,
+                "{what} {path} changed the replica"
+            );
+        }
+        // Genuine once; the same request again is a replay.
+        let genuine = replica.signed(keys, path, &body, now_ms());
+        let first = replica.send(replica.request(path, &body, &genuine));
+        assert!(
+            first.status.is_success() || first.status == StatusCode::CONFLICT,
+            "{path}: {first:?}"
+        );
+        let after_first = replica.snapshot();
+        let replay = replica.send(replica.request(path, &body, &genuine));
+        assert_refused(&replay, &format!("replayed {path}"));
+        assert_eq!(
+            replica.snapshot(),
+            after_first,
+            "replayed {path} changed the replica"
+        );
+    }
+    check_still_serving(&replica).expect("still serving");
+}
+
+#[test]
+fn answers_are_signed_for_the_request_they_answer() {
+    let replica = Replica::with_secret(ME);
+    let keys = replica.keys.as_ref().expect("a secret");
+    let body = json!({ "from": STRANGER });
+    let headers = replica.signed(keys, wire::ANNOUNCE, &body, now_ms());
+    let nonce = headers
+        .iter()
+        .find(|(n, _)| *n == auth::NONCE)
+        .expect("a nonce")
+        .1
+        .clone();
+    let request = replica.request(wire::ANNOUNCE, &body, &headers);
+    let response = replica
+        .rt
+        .block_on(replica.app.clone().oneshot(request))
+        .expect("an answer");
+    let status = response.status().as_u16();
+    let mac = response
+        .headers()
+        .get(auth::MAC)
+        .expect("a signed answer")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let bytes = replica
+        .rt
+        .block_on(response.into_body().collect())
+        .expect("a body")
+        .to_bytes();
+    assert_eq!(
+        auth::verify_answer(keys, &nonce, status, ME, &bytes, &mac),
+        Ok(())
+    );
+    assert!(auth::verify_answer(keys, "another-nonce", status, ME, &bytes, &mac).is_err());
+}
+
+#[test]
+fn without_a_secret_only_members_from_their_own_address_are_heard() {
+    let mut replica = Replica::steady(false);
+    replica.post(wire::ANNOUNCE, &json!({ "from": STRANGER }));
+    let from_member =
+        |body: &Value| vec![(auth::FROM, body["from"].as_str().unwrap_or("").to_owned())];
+    // From a foreign host that claims to be the stranger, or this replica itself.
+    replica.source = "10.9.9.9:40000".parse().unwrap();
+    for (path, body) in harmful_messages() {
+        let before = replica.snapshot_from_own_address();
+        let reply = replica.send(replica.request(path, &body, &from_member(&body)));
+        assert_refused(&reply, &format!("foreign {path}"));
+        assert_eq!(
+            replica.snapshot_from_own_address(),
+            before,
+            "foreign {path} changed the replica"
+        );
+    }
+    replica.source = "127.0.0.1:40000".parse().unwrap();
+    let before = replica.snapshot();
+    for (path, mut body) in harmful_messages() {
+        body["from"] = json!(ME);
+        let reply = replica.send(replica.request(path, &body, &from_member(&body)));
+        assert_refused(&reply, &format!("{path} claiming to be the replica itself"));
+    }
+    // Without the header that names the sender.
+    for (path, body) in harmful_messages() {
+        let reply = replica.send(replica.request(path, &body, &[]));
+        assert_refused(&reply, &format!("{path} without a sender"));
+    }
+    // From the right address but not a member: only an announcement is heard.
+    let stranger_view_change = json!({ "from": "127.0.0.1:7", "op": "add", "addr": "127.0.0.1:9" });
+    let reply = replica.send(replica.request(
+        wire::VIEW_CHANGE,
+        &stranger_view_change,
+        &from_member(&stranger_view_change),
+    ));
+    assert_refused(&reply, "a view change from a non-member");
+    assert_eq!(
+        replica.snapshot(),
+        before,
+        "refused messages changed the replica"
+    );
+    check_still_serving(&replica).expect("still serving");
+}
+
+impl Replica {
+    /// A snapshot taken with requests from this replica's own host.
+    fn snapshot_from_own_address(&mut self) -> Snapshot {
+        let source = std::mem::replace(&mut self.source, "127.0.0.1:40000".parse().unwrap());
+        let snapshot = self.snapshot();
+        self.source = source;
+        snapshot
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1123,19 +1484,53 @@ fn peers_named_by_anything_but_a_socket_address_never_join_the_view() {
 }
 
 #[test]
-fn a_replicated_write_at_the_last_lamport_time_leaves_local_writes_working() {
+fn replicated_writes_above_the_lamport_ceiling_are_refused_and_local_writes_go_on() {
     let replica = Replica::start(ME);
-    let write = json!({
-        "key": "k",
-        "entry": {
-            "value": 1,
-            "lamport": u64::MAX,
-            "dot": { "inc": { "addr": "127.0.0.1:7", "epoch": 1 }, "seq": 1 },
-        },
-        "deps": { "entries": [] },
-    });
-    let reply = replica.post(wire::REPLICATE, &json!({ "from": ME, "writes": [write] }));
-    assert!(!reply.status.is_server_error(), "{reply:?}");
-    let put = replica.put("after", &json!(2), &Value::Null);
-    assert_eq!(put.status, StatusCode::CREATED, "{put:?}");
+    replica.post(wire::ANNOUNCE, &json!({ "from": STRANGER }));
+    let write = |lamport: u64, seq: u64| {
+        json!({
+            "key": "k",
+            "entry": {
+                "value": 1,
+                "lamport": lamport,
+                "dot": { "inc": { "addr": STRANGER, "epoch": 1 }, "seq": seq },
+            },
+            "deps": { "entries": [] },
+        })
+    };
+    let far_ahead = now_ms().saturating_mul(1000).saturating_mul(2);
+    for lamport in [u64::MAX, 1 << 62, far_ahead] {
+        let reply = replica.post(
+            wire::REPLICATE,
+            &json!({ "from": STRANGER, "writes": [write(lamport, 1)] }),
+        );
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "Lamport time {lamport}: {reply:?}"
+        );
+    }
+    // The highest time a peer may send now: accepted, and writes here go on.
+    let ceiling = now_ms().saturating_mul(1000);
+    let reply = replica.post(
+        wire::REPLICATE,
+        &json!({ "from": STRANGER, "writes": [write(ceiling, 1)] }),
+    );
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    let mut latest = Value::Null;
+    for value in 0..20 {
+        let put = replica.put("after", &json!(value), &latest);
+        assert!(put.status.is_success(), "{put:?}");
+        latest = put.json()["causal-metadata"].clone();
+        let got = replica.kvs(
+            Method::GET,
+            "after",
+            Some(&json!({"causal-metadata": latest})),
+        );
+        assert_eq!(
+            got.json()["value"],
+            json!(value),
+            "a later write wins: {got:?}"
+        );
+    }
 }

@@ -38,6 +38,8 @@ pub enum ApiError {
     NoRoute,
     #[error("Method not allowed")]
     MethodNotAllowed,
+    #[error("Not authenticated: {0}")]
+    Unauthenticated(String),
     #[error(transparent)]
     Node(#[from] NodeError),
 }
@@ -58,7 +60,10 @@ impl ApiError {
             }
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Node(NodeError::CausalTimeout) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Node(NodeError::CausalTimeout | NodeError::ClockAhead(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Node(NodeError::NotInView(_)) => StatusCode::CONFLICT,
         }
     }

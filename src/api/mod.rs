@@ -6,17 +6,22 @@
 //! and unknown routes included, is JSON.
 
 mod error;
+mod guard;
 mod internal;
 mod kvs;
 mod view;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::DefaultBodyLimit;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
 pub use error::ApiError;
@@ -25,19 +30,94 @@ use crate::node::Node;
 
 /// Largest message a peer may send (a batch of replicated writes).
 const INTERNAL_BODY_LIMIT: usize = 1 << 30;
+/// A body this large is read to its end even when the request is refused, so that the
+/// client gets the answer rather than a connection reset (as Go's `net/http` does).
+const DRAIN_LIMIT: usize = 256 * 1024;
+
+/// Where a request came from, as the listener saw its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Remote {
+    pub addr: SocketAddr,
+    /// The connection presented a client certificate that the cluster's CA signed.
+    pub peer_certificate: bool,
+}
 
 /// The whole API of one replica.
 pub fn router(node: Arc<Node>) -> Router {
-    let public = Router::new()
-        .merge(kvs::routes())
-        .merge(view::routes())
-        .layer(DefaultBodyLimit::max(node.config.max_body_bytes));
-    let internal = internal::routes().layer(DefaultBodyLimit::max(INTERNAL_BODY_LIMIT));
+    let public = Router::new().merge(kvs::routes()).merge(view::routes());
+    let internal = internal::routes().route_layer(middleware::from_fn_with_state(
+        node.clone(),
+        guard::internal,
+    ));
     public
         .merge(internal)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
+        // Bodies are read whole before routing (see `read_whole_body`); the extractors'
+        // own limit must not cut them shorter.
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(
+            node.clone(),
+            read_whole_body,
+        ))
         .with_state(node)
+}
+
+/// Reads a request's whole body before any handler runs, up to the route's limit, so that
+/// every handler, including those that ignore the body or refuse the request early, leaves
+/// nothing unread on the connection. A body over the limit is answered `413` after reading
+/// on to [`DRAIN_LIMIT`] bytes.
+async fn read_whole_body(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let limit = if request.uri().path().starts_with("/internal/") {
+        INTERNAL_BODY_LIMIT
+    } else {
+        node.config.max_body_bytes
+    };
+    if declared_length(request.headers()).is_some_and(|n| n > limit.max(DRAIN_LIMIT)) {
+        return close(ApiError::TooLarge(limit).into_response());
+    }
+    let (parts, mut body) = request.into_parts();
+    let mut bytes = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let data = match frame {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
+            Err(error) => return close(ApiError::MalformedBody(error.to_string()).into_response()),
+        };
+        seen = seen.saturating_add(data.len());
+        if seen > limit.max(DRAIN_LIMIT) {
+            return close(ApiError::TooLarge(limit).into_response());
+        }
+        if seen <= limit {
+            bytes.extend_from_slice(&data);
+        }
+    }
+    if seen > limit {
+        return ApiError::TooLarge(limit).into_response();
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes.freeze())))
+        .await
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// An answer after which the connection closes: part of the request was left unread.
+fn close(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 async fn no_route() -> ApiError {
@@ -48,7 +128,8 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// The body of a request, or the error for a body that could not be read.
+/// The body of a request, or the error for a body that could not be read (the body was
+/// already read whole, within its limit, by `read_whole_body`).
 fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(limit),

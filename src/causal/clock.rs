@@ -181,6 +181,36 @@ impl Clock {
         }
     }
 
+    /// Like [`Clock::merge`], but leaves `me` alone: its entry is advanced only by its own
+    /// process's writes, and no floor from `other` retires it.
+    pub fn merge_except(&mut self, other: &Clock, me: &Incarnation) {
+        for (addr, floor) in &other.floors {
+            let floor = if *addr == me.addr {
+                (*floor).min(me.epoch)
+            } else {
+                *floor
+            };
+            self.raise_floor(addr, floor);
+        }
+        for (inc, seq) in &other.entries {
+            if inc != me {
+                self.advance_to(inc, *seq);
+            }
+        }
+    }
+
+    /// The highest epoch named in this clock, by an entry or implied by a floor.
+    pub fn max_epoch(&self) -> u64 {
+        let entries = self.entries.keys().map(|inc| inc.epoch).max();
+        let floors = self.floors.values().map(|f| f.saturating_sub(1)).max();
+        entries.max(floors).unwrap_or(0)
+    }
+
+    /// The highest sequence number in this clock.
+    pub fn max_seq(&self) -> u64 {
+        self.entries.values().copied().max().unwrap_or(0)
+    }
+
     pub fn merged(mut self, other: &Clock) -> Clock {
         self.merge(other);
         self

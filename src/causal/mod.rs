@@ -3,6 +3,8 @@
 //! Nothing here does I/O; the store, delivery buffer and replica state machine build on it.
 
 pub mod clock;
+pub mod limits;
 pub mod metadata;
 
 pub use clock::{Addr, Causality, Clock, Dot, Incarnation};
+pub use limits::Limits;

@@ -3,17 +3,17 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::Node;
+use super::{Node, now_micros};
 use crate::causal::{Addr, Clock, Incarnation};
 use crate::membership::Status;
 use crate::peer::PeerError;
 use crate::replica::Delta;
-use crate::wire::{self, ANNOUNCE, Announce, HEARTBEAT, Heartbeat, SYNC, SyncRequest, Validate};
+use crate::wire::{self, ANNOUNCE, Announce, HEARTBEAT, Heartbeat, SYNC, SyncRequest};
 
 /// Longest wait for one chunk of a catch-up transfer.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -66,7 +66,7 @@ async fn announce(node: &Arc<Node>) -> Vec<Addr> {
         let timeout = node.config.replication_timeout;
         calls.spawn(async move {
             let answer = client
-                .post::<_, wire::Status>(&peer, ANNOUNCE, &*message, timeout)
+                .post_checked::<_, wire::Status>(&peer, ANNOUNCE, &*message, timeout)
                 .await;
             (peer, answer)
         });
@@ -88,12 +88,6 @@ async fn announce(node: &Arc<Node>) -> Vec<Addr> {
         }
     }
     ready
-}
-
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// Probes every peer each heartbeat interval, expires silent ones, retires dead
@@ -137,7 +131,7 @@ async fn probe(node: Arc<Node>, peer: Addr, message: Arc<Heartbeat>) {
     let answer = node
         .client_for(&peer)
         .0
-        .post::<_, wire::Status>(&peer, HEARTBEAT, &*message, timeout)
+        .post_checked::<_, wire::Status>(&peer, HEARTBEAT, &*message, timeout)
         .await;
     let now = Instant::now().into_std();
     let (change, lagging) = {
@@ -218,8 +212,9 @@ impl Node {
                 clock: clock.clone(),
                 after: after.take(),
             };
-            let delta: Delta = client.post(peer, SYNC, &request, SYNC_TIMEOUT).await?;
-            delta.validate().map_err(PeerError::Malformed)?;
+            let delta: Delta = client
+                .post_checked(peer, SYNC, &request, SYNC_TIMEOUT)
+                .await?;
             let Delta {
                 clock: chunk_clock,
                 entries,

@@ -72,8 +72,9 @@ impl Node {
             tracing::warn!(
                 from = %message.from,
                 refused = received.refused,
-                "delivery buffer full; anti-entropy will bring the refused writes"
+                "refused replicated writes (delivery buffer full); pulling them by anti-entropy"
             );
+            self.pull(message.from.clone(), true);
         }
         if received.applied > 0 {
             self.clock_advanced();

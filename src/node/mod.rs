@@ -12,21 +12,26 @@
 
 mod background;
 mod inbound;
+pub mod trust;
 
 use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
-use crate::causal::{Addr, Clock, Dot};
+use crate::causal::{Addr, Clock, Dot, Limits};
 use crate::config::Config;
 use crate::delivery::Write;
 use crate::membership::{Change, Membership, Timing};
-use crate::peer::{LinkOwner, LinkSender, Outgoing, PeerClient, PeerError, spawn_link};
-use crate::replica::Replica;
+use crate::peer::{
+    LinkOwner, LinkSender, Outgoing, PeerClient, PeerError, PeerSettings, spawn_link,
+};
+use crate::replica::{CoreError, Replica};
 use crate::store::{Key, Read, Value};
+use crate::tls::TlsError;
 use crate::wire::{VIEW_CHANGE, ViewChange, ViewOp};
 
 pub use background::start;
@@ -38,6 +43,8 @@ pub enum NodeError {
     CausalTimeout,
     #[error("sender {0} is not in this replica's view")]
     NotInView(Addr),
+    #[error("{0}")]
+    ClockAhead(CoreError),
 }
 
 /// The answer to a read or delete of a key that holds no value.
@@ -75,8 +82,9 @@ pub struct Node {
     state: Mutex<State>,
     /// Signalled whenever the clock advances or the replica becomes ready.
     applied: Notify,
-    /// The client used when a fresh one cannot be built (never in practice).
-    default_client: PeerClient,
+    /// How peers are reached and what this replica trusts (see `trust`).
+    pub trust: Arc<trust::Trust>,
+    peer_settings: Arc<PeerSettings>,
     /// One client (connection pool) per peer, replaced when the peer restarts so that no
     /// request goes out on a connection to its previous life.
     clients: Mutex<HashMap<Addr, (PeerClient, u64)>>,
@@ -85,8 +93,21 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(config: Config) -> Result<Arc<Node>, reqwest::Error> {
-        let client = PeerClient::new()?;
+    pub fn new(config: Config) -> Result<Arc<Node>, TlsError> {
+        let tls = match &config.tls {
+            Some(files) => Some(crate::tls::client_config(
+                &files.ca,
+                Some((&files.cert, &files.key)),
+            )?),
+            None => None,
+        };
+        let trust = Arc::new(trust::Trust::new(config.secret.as_ref(), tls.is_some()));
+        let peer_settings = Arc::new(PeerSettings {
+            me: config.me.clone(),
+            trust: trust.clone(),
+            tls,
+            local_ip: own_ip(&config.me),
+        });
         let timing = Timing {
             failure_timeout: config.failure_timeout,
             stability_period: config.stability_period,
@@ -104,7 +125,8 @@ impl Node {
             config,
             state: Mutex::new(state),
             applied: Notify::new(),
-            default_client: client,
+            trust,
+            peer_settings,
             clients: Mutex::new(HashMap::new()),
             this: this.clone(),
         }))
@@ -146,12 +168,21 @@ impl Node {
     }
 
     fn new_client(&self) -> PeerClient {
-        PeerClient::new().unwrap_or_else(|_| self.default_client.clone())
+        PeerClient::new(self.peer_settings.clone())
     }
 
     /// The current view, sorted.
     pub fn view(&self) -> Vec<Addr> {
         self.lock().members.view()
+    }
+
+    /// True when `ip` is the IP of a member (in the view, or down), this replica aside.
+    pub fn is_member_ip(&self, ip: IpAddr) -> bool {
+        let state = self.lock();
+        state
+            .members
+            .members()
+            .any(|(addr, ..)| addr.parse::<SocketAddr>().is_ok_and(|a| a.ip() == ip))
     }
 
     pub fn is_ready(&self) -> bool {
@@ -327,6 +358,25 @@ impl Node {
     }
 }
 
+/// The wall clock in microseconds since the Unix epoch.
+pub(crate) fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// The bounds on what peers may send, now (see `causal::limits`).
+pub fn limits() -> Limits {
+    Limits::at(now_micros())
+}
+
+/// This replica's own IP, when it can bind it: outgoing connections to peers start from
+/// it, so that a peer checking source addresses sees the address this replica claims.
+fn own_ip(me: &str) -> Option<IpAddr> {
+    let ip = me.parse::<SocketAddr>().ok()?.ip();
+    std::net::TcpListener::bind((ip, 0)).ok().map(|_| ip)
+}
+
 /// Extra time a writer waits past the replication timeout, for the link to report.
 const ACK_SLACK: Duration = Duration::from_millis(100);
 
@@ -351,11 +401,14 @@ impl State {
         value: Option<Value>,
         deps: &Clock,
     ) -> Result<PendingWrite, NodeError> {
-        // Callers run under `when_applied`, so the replica is ready and this cannot fail.
-        let local = self
-            .replica
-            .write(key, value, deps)
-            .map_err(|_| NodeError::CausalTimeout)?;
+        // Callers run under `when_applied`, so the replica is ready.
+        let local =
+            self.replica
+                .write(key, value, deps, &limits())
+                .map_err(|error| match error {
+                    CoreError::NotReady => NodeError::CausalTimeout,
+                    CoreError::ClockAhead => NodeError::ClockAhead(error),
+                })?;
         let acks = self.queue_on_links(&Arc::new(local.write));
         let written = Written {
             existed: local.existed,
@@ -402,6 +455,12 @@ impl LinkOwner for Node {
 
     fn may_send_to(&self, peer: &Addr) -> bool {
         self.lock().members.in_view(peer)
+    }
+
+    fn replication_refused(&self, peer: &Addr, why: &str) {
+        // Not an acknowledgement: the writes stay unacknowledged, and the peer's probes
+        // find the gap and pull it (its clock does not cover what this replica reports).
+        tracing::error!(%peer, why, "peer refused replicated writes; the pair is out of sync until anti-entropy repairs it");
     }
 
     fn replication_failed(&self, peer: &Addr, generation: u64, error: &PeerError) {

@@ -27,7 +27,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::causal::{Clock, Dot, Incarnation};
+use crate::causal::limits::MAX_COUNTER;
+use crate::causal::{Clock, Dot, Incarnation, Limits};
 use incarnations::Incarnations;
 pub use record::Text;
 use record::Version;
@@ -54,13 +55,21 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Why an entry received from a peer is malformed, if it is.
-    pub fn validate(&self) -> Result<(), String> {
-        let max = crate::delivery::MAX_COUNTER;
-        if self.lamport > max || self.dot.seq > max || self.dot.seq == 0 {
+    /// Why an entry received from a peer is malformed under `limits`, if it is.
+    pub fn validate(&self, limits: &Limits) -> Result<(), String> {
+        if self.lamport > limits.max_lamport {
             return Err(format!(
-                "entry with Lamport time {} and sequence number {} is out of range",
-                self.lamport, self.dot.seq
+                "Lamport time {} is above this replica's ceiling {}",
+                self.lamport, limits.max_lamport
+            ));
+        }
+        if self.dot.seq == 0 || self.dot.seq > MAX_COUNTER {
+            return Err(format!("sequence number {} is out of range", self.dot.seq));
+        }
+        if self.dot.inc.epoch > limits.max_epoch {
+            return Err(format!(
+                "epoch {} is too far ahead of this replica's clock",
+                self.dot.inc.epoch
             ));
         }
         Ok(())
