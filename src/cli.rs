@@ -7,6 +7,9 @@
 //! the `--replica` addresses and retries `503`s; this module parses values, picks the
 //! session file, prints answers for people (`--json` for scripts) and maps outcomes to
 //! exit statuses (see [`EXIT_STATUS_HELP`]).
+//!
+//! Replicas are plain HTTP (`IP:PORT`, or `http://IP:PORT`) unless named `https://IP:PORT`,
+//! which needs `--tls-ca`: the CA certificate that signed the replicas' certificates.
 
 use std::ffi::OsString;
 use std::fs;
@@ -40,17 +43,22 @@ Errors are one line on stderr, starting with \"causalkv: \".";
 /// Options shared by every client command.
 #[derive(Args, Debug, Clone)]
 pub struct ClientOpts {
-    /// Replica to talk to, IP:PORT (repeatable or comma-separated); the first one that
-    /// answers serves the request, the others are for failover.
+    /// Replica to talk to, IP:PORT (plain HTTP) or https://IP:PORT (with --tls-ca);
+    /// repeatable or comma-separated. The first one that answers serves the request, the
+    /// others are for failover.
     #[arg(
         long = "replica",
-        value_name = "IP:PORT",
+        value_name = "[https://]IP:PORT",
         env = "CAUSALKV_REPLICA",
         value_delimiter = ',',
         default_value = "127.0.0.1:8082",
         global = true
     )]
     pub replicas: Vec<String>,
+    /// CA certificate (PEM) that signed the replicas' certificates: needed to talk to
+    /// https:// replicas.
+    #[arg(long, value_name = "PATH", env = "CAUSALKV_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
     /// Session file that keeps the causal metadata between invocations
     /// [default: $XDG_CACHE_HOME/causalkv/session.json, else ~/.cache/causalkv/session.json].
     #[arg(long, value_name = "FILE", env = "CAUSALKV_SESSION", global = true)]
@@ -185,7 +193,8 @@ struct Done {
 }
 
 async fn execute(request: Request, opts: &ClientOpts) -> Result<Done, Failure> {
-    let client = Client::new(opts.timeout).map_err(|e| Failure(e.to_string()))?;
+    let client = Client::with_tls_ca(opts.timeout, opts.tls_ca.as_deref())
+        .map_err(|e| Failure(e.to_string()))?;
     let replicas = replica_list(&opts.replicas)?;
     let retry = RetryPolicy {
         max_total: opts.retry_for,
@@ -297,7 +306,9 @@ fn replica_list(given: &[String]) -> Result<Vec<String>, Failure> {
         }
     }
     if replicas.is_empty() {
-        return Err(Failure("no replica given: pass --replica IP:PORT".into()));
+        return Err(Failure(
+            "no replica given: pass --replica IP:PORT or https://IP:PORT".into(),
+        ));
     }
     Ok(replicas)
 }

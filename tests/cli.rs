@@ -65,6 +65,7 @@ impl Cli {
             .args(args)
             .env_remove("CAUSALKV_REPLICA")
             .env_remove("CAUSALKV_SESSION")
+            .env_remove("CAUSALKV_TLS_CA")
             .env_remove("RUST_LOG")
             .env("XDG_CACHE_HOME", self.dir.join("xdg-cache"))
             .env("HOME", self.dir.join("home"))

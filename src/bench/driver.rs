@@ -2,7 +2,10 @@
 //! that speaks the replica contract (through [`crate::client::Client`], carrying each
 //! session's causal metadata), and etcd through its JSON gateway (`/v3/kv/put`,
 //! `/v3/kv/range`, keys and values base64), so that both are measured by the same loop.
+//! Contract replicas may be `https://` (with a CA, [`DriverConfig::tls_ca`]); etcd is
+//! spoken to over plain HTTP.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -61,6 +64,9 @@ pub struct DriverConfig {
     pub value_size: usize,
     /// etcd only: serializable (local) reads rather than linearizable ones.
     pub serializable_reads: bool,
+    /// Contract targets only: the CA certificate (PEM) that signed the `https://`
+    /// replicas' certificates.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Driver {
@@ -71,7 +77,7 @@ impl Driver {
         let payload = payload(config.value_size);
         Ok(match config.target {
             Target::Causalkv => Driver::Contract(ContractDriver {
-                client: Client::new(config.timeout)
+                client: Client::with_tls_ca(config.timeout, config.tls_ca.as_deref())
                     .map_err(|e| BenchError::Setup(e.to_string()))?,
                 endpoints: config.endpoints.clone(),
                 value: Value::String(payload),
@@ -206,7 +212,7 @@ fn error_status(session: &mut Session, error: ClientError) -> Status {
         ClientError::BadRequest(_) => Status::Http(400),
         ClientError::NoSuchReplica => Status::Http(404),
         ClientError::Timeout { .. } => Status::Timeout,
-        ClientError::Unreachable { .. } => Status::Transport,
+        ClientError::Unreachable { .. } | ClientError::Tls(_) => Status::Transport,
         // A success status with a body that is not what the contract says is an error.
         ClientError::Unexpected { status, .. } if (200..300).contains(&status) => Status::Transport,
         ClientError::Unexpected { status, .. } => Status::Http(status),
@@ -239,7 +245,7 @@ impl EtcdDriver {
             config
                 .endpoints
                 .iter()
-                .map(|e| format!("http://{e}{path}"))
+                .map(|e| crate::tls::url(e, path))
                 .collect()
         };
         Ok(EtcdDriver {
@@ -355,6 +361,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             value_size: 8,
             serializable_reads: true,
+            tls_ca: None,
         };
         let driver = Driver::new(&config).unwrap();
         let spread: Vec<usize> = (0..6).map(|i| driver.session(i).endpoint).collect();

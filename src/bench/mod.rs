@@ -47,14 +47,20 @@ pub const OPS_TIME_CAP: Duration = Duration::from_secs(600);
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Replica (or etcd member) to target, IP:PORT; repeatable or comma-separated.
-    /// Sessions are spread over them.
+    /// Replica (or etcd member) to target, IP:PORT (plain HTTP) or https://IP:PORT (a
+    /// causalkv replica, with --tls-ca); repeatable or comma-separated. Sessions are
+    /// spread over them.
     #[arg(
         long = "replica",
+        value_name = "[https://]IP:PORT",
         value_delimiter = ',',
         default_value = "127.0.0.1:8082"
     )]
     pub replicas: Vec<String>,
+    /// CA certificate (PEM) that signed the replicas' certificates: needed for https://
+    /// replicas (causalkv target only).
+    #[arg(long, value_name = "PATH", conflicts_with = "scale")]
+    pub tls_ca: Option<PathBuf>,
     /// Protocol to speak: the causalkv contract, or etcd's JSON gateway.
     #[arg(long, value_enum, default_value = "causalkv")]
     pub target: Target,
@@ -206,6 +212,9 @@ fn validate(args: &BenchArgs) -> Result<(), BenchError> {
     if args.ops == Some(0) || args.duration.is_some_and(|d| d.is_zero()) {
         return fail("--ops and --duration must be positive");
     }
+    if args.tls_ca.is_some() && args.target != Target::Causalkv {
+        return fail("--tls-ca goes with --target causalkv");
+    }
     Ok(())
 }
 
@@ -217,6 +226,7 @@ fn driver_config(args: &BenchArgs, endpoints: Vec<String>) -> DriverConfig {
         timeout: args.timeout,
         value_size: args.value_size,
         serializable_reads: !args.linearizable,
+        tls_ca: args.tls_ca.clone(),
     }
 }
 

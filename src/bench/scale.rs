@@ -195,6 +195,7 @@ async fn load_data(
         timeout: REQUEST_TIMEOUT,
         value_size: args.value_size,
         serializable_reads: true,
+        tls_ca: None,
     };
     let driver = Arc::new(Driver::new(&config)?);
     let sessions = (0..args.concurrency).map(|i| driver.session(i)).collect();

@@ -40,9 +40,19 @@ use workload::WorkloadConfig;
 
 #[derive(Args, Debug, Clone)]
 pub struct CheckArgs {
-    /// Replica to include, IP:PORT (repeatable).
-    #[arg(long = "replica", value_delimiter = ',', required = true)]
+    /// Replica to include, IP:PORT (plain HTTP) or https://IP:PORT (with --tls-ca);
+    /// repeatable or comma-separated.
+    #[arg(
+        long = "replica",
+        value_name = "[https://]IP:PORT",
+        value_delimiter = ',',
+        required = true
+    )]
     pub replicas: Vec<String>,
+    /// CA certificate (PEM) that signed the replicas' certificates: needed for https://
+    /// replicas.
+    #[arg(long, value_name = "PATH")]
+    pub tls_ca: Option<PathBuf>,
     /// Concurrent client sessions.
     #[arg(long, default_value_t = 4)]
     pub sessions: u32,
@@ -148,7 +158,7 @@ pub async fn verify(client: &Client, config: &WorkloadConfig, settle: Duration) 
 /// Runs the workload and the checker; `Ok(true)` when no violation was found.
 pub async fn run(args: CheckArgs) -> Result<bool, CheckError> {
     let config = args.workload_config()?;
-    let client = Client::new(args.timeout)?;
+    let client = Client::with_tls_ca(args.timeout, args.tls_ca.as_deref())?;
     let run = verify(&client, &config, args.settle).await;
     if let Some(path) = &args.history {
         std::fs::write(path, run.history.to_jsonl()).map_err(|source| CheckError::SaveHistory {

@@ -284,7 +284,8 @@ fn failure_status(error: &ClientError) -> Status {
         ClientError::CausalTimeout { .. } => Status::Http(503),
         ClientError::BadRequest(_) => Status::Http(400),
         ClientError::NoSuchReplica | ClientError::NotFound { .. } => Status::Http(404),
-        ClientError::Unreachable { .. } => Status::Unreachable,
+        // A client is built only once its TLS configuration loaded: never seen here.
+        ClientError::Unreachable { .. } | ClientError::Tls(_) => Status::Unreachable,
         ClientError::Timeout { .. } => Status::Timeout,
         ClientError::Unexpected { status, .. } => Status::Http(*status),
     }

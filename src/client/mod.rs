@@ -7,19 +7,30 @@
 //!
 //! Because it speaks only the public contract, it drives the original system or any other
 //! compatible store as well as causalkv.
+//!
+//! A replica is named `IP:PORT`, which is plain HTTP, or `http://IP:PORT` or
+//! `https://IP:PORT`. HTTPS needs the CA certificate that signed the replicas'
+//! certificates ([`Client::with_tls_ca`], or a configuration from
+//! [`crate::tls::client_config`] given to [`Client::with_tls`]); without one no server is
+//! trusted and every `https://` request fails its handshake.
 
 pub mod session;
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+use crate::tls::{self, TlsError};
 
 pub use http::{Method, StatusCode};
 
@@ -78,6 +89,8 @@ pub enum ClientError {
         status: u16,
         body: String,
     },
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] TlsError),
 }
 
 impl ClientError {
@@ -99,26 +112,53 @@ pub struct RawReply {
     pub body: Value,
 }
 
-/// A pooled keep-alive HTTP client for the contract's endpoints.
+/// A pooled keep-alive HTTP and HTTPS client for the contract's endpoints.
 ///
 /// Built directly on hyper's pooled client rather than reqwest: it sits in the load
 /// generator's hot loop, which shares the machine with the replicas it measures, and
 /// skipping reqwest's URL parsing and request layers halves its cost per request.
 #[derive(Clone, Debug)]
 pub struct Client {
-    http: HyperClient<HttpConnector, Full<Bytes>>,
+    http: HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
+    /// Whether a CA was given: without one, no `https://` replica is trusted.
+    trusts: bool,
 }
 
 impl Client {
-    /// A client whose requests each give up after `timeout`.
+    /// A plain client whose requests each give up after `timeout`: it speaks `http://`,
+    /// and trusts no `https://` replica.
     pub fn new(timeout: Duration) -> Result<Self, ClientError> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+        Self::with_tls(timeout, None)
+    }
+
+    /// A client that also speaks `https://` to the replicas `tls` trusts (see
+    /// [`crate::tls::client_config`]); with `None`, the same as [`Client::new`].
+    pub fn with_tls(
+        timeout: Duration,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Self, ClientError> {
+        let trusts = tls.is_some();
+        // Idle connections are dropped before a replica closes them (it closes a
+        // connection idle for `--header-timeout`, 10 s by default), so that no request
+        // goes out on a connection the replica is closing.
         let http = HyperClient::builder(TokioExecutor::new())
             .pool_max_idle_per_host(256)
-            .build(connector);
-        Ok(Client { http, timeout })
+            .pool_idle_timeout(Duration::from_secs(4))
+            .build(tls::connector(HttpConnector::new(), tls));
+        Ok(Client {
+            http,
+            timeout,
+            trusts,
+        })
+    }
+
+    /// A client that trusts the `https://` replicas whose certificates the CA in the PEM
+    /// file `ca` signed; with `None`, the same as [`Client::new`]. An unreadable or
+    /// invalid file is [`ClientError::Tls`].
+    pub fn with_tls_ca(timeout: Duration, ca: Option<&Path>) -> Result<Self, ClientError> {
+        let tls = ca.map(|ca| tls::client_config(ca, None)).transpose()?;
+        Self::with_tls(timeout, tls)
     }
 
     /// `PUT /kvs/<key>`.
@@ -225,7 +265,7 @@ impl Client {
     ) -> Result<RawReply, ClientError> {
         let mut request = http::Request::builder()
             .method(method)
-            .uri(format!("http://{replica}{path}"));
+            .uri(tls::url(replica, path));
         let body = match body {
             Some(body) => {
                 request = request.header(CONTENT_TYPE, "application/json");
@@ -249,7 +289,12 @@ impl Client {
         };
         let (status, bytes) = match tokio::time::timeout(self.timeout, exchange).await {
             Ok(Ok(answer)) => answer,
-            Ok(Err(reason)) => {
+            Ok(Err(mut reason)) => {
+                if !self.trusts && replica.starts_with("https://") {
+                    reason.push_str(
+                        " (no CA certificate was given, so no https:// replica is trusted)",
+                    );
+                }
                 return Err(ClientError::Unreachable {
                     replica: replica.to_string(),
                     reason,

@@ -20,6 +20,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod pki;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -544,6 +545,11 @@ impl TestCluster {
     /// Socket addresses of every replica: the full view.
     pub fn addrs(&self) -> BTreeSet<String> {
         (0..self.len()).map(|i| self.addr(i)).collect()
+    }
+
+    /// Everything replica `i` logged so far (all its lives).
+    pub fn log_text(&self, i: usize) -> String {
+        fs::read_to_string(&self.replicas[i].log).unwrap_or_default()
     }
 
     /// Indexes of the replicas whose process is running.
