@@ -20,6 +20,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use causalkv::auth::{self, Keyring};
+use causalkv::peer::now_ms;
+use causalkv::wire;
 use common::docker::{ALICE, BOB, CAROL, Deployment, addr, full_view, get_served, until_holds};
 use common::until_views;
 use common::{CONTRACT_HEAL, ERR_CAUSAL, SETTLE_TIMEOUT, within};
@@ -145,4 +148,146 @@ async fn docker_reconnect_timeline() {
     get_served(&bob, "matcha", &m2, healed)
         .await
         .expect_found(&json!("tea"));
+}
+
+/// Messages an outsider sends through alice's published port, claiming to be bob:
+/// remove carol from alice's view, inject a write, read the store.
+fn outsider_messages() -> Vec<(&'static str, Value)> {
+    let write = json!({
+        "key": "injected",
+        "entry": {
+            "value": "evil",
+            "lamport": 7,
+            "dot": { "inc": { "addr": addr(BOB), "epoch": 1 }, "seq": 1 },
+        },
+        "deps": { "entries": [] },
+    });
+    vec![
+        (
+            wire::VIEW_CHANGE,
+            json!({ "from": addr(BOB), "op": "remove", "addr": addr(CAROL) }),
+        ),
+        (
+            wire::REPLICATE,
+            json!({ "from": addr(BOB), "writes": [write] }),
+        ),
+        (
+            wire::SYNC,
+            json!({ "from": addr(BOB), "clock": {"entries": []} }),
+        ),
+    ]
+}
+
+/// POSTs `body` to alice's `path` from the host with `headers`; the status.
+async fn post_to_alice(path: &str, body: &Value, headers: &[(&str, String)]) -> u16 {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client");
+    let mut request = http
+        .post(format!("http://127.0.0.1:8082{path}"))
+        .header(auth::FROM, addr(BOB))
+        .body(body.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    request.send().await.expect("an answer").status().as_u16()
+}
+
+/// After the outsider's attempts: every replica lists all three and holds no injected
+/// key, and a write at alice reaches bob and carol.
+async fn assert_unharmed(deployment: &Deployment) {
+    let nodes = deployment.nodes();
+    until_views(&nodes, &full_view(), within(SETTLE_TIMEOUT)).await;
+    for node in &nodes {
+        node.get("injected", &Value::Null).await.expect_status(404);
+    }
+    let meta = nodes[ALICE]
+        .put("after-outsider", json!("ok"), &Value::Null)
+        .await
+        .expect_result(201, "created");
+    for node in &nodes[1..] {
+        get_served(node, "after-outsider", &meta, within(SETTLE_TIMEOUT))
+            .await
+            .expect_found(&json!("ok"));
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs Docker; run by scripts/test"]
+async fn docker_without_a_secret_outsiders_are_refused() {
+    let deployment = Deployment::start("outsiders").await;
+    // Through the published port the source is Docker's gateway, not bob's address.
+    for (path, body) in outsider_messages() {
+        assert_eq!(post_to_alice(path, &body, &[]).await, 401, "{path}");
+    }
+    assert_unharmed(&deployment).await;
+    assert!(
+        deployment
+            .logs(ALICE)
+            .contains("authenticated only by its source address"),
+        "the start-up warning is missing:\n{}",
+        deployment.logs(ALICE)
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs Docker; run by scripts/test"]
+async fn docker_with_a_secret_file() {
+    const SECRET: &str = "docker-suite-cluster-secret-0123456789";
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("causalkv-docker-secret");
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    let file = dir.join("cluster-secret");
+    std::fs::write(&file, format!("{SECRET}\n")).expect("write the secret file");
+    let mut deployment = Deployment::start_with("secret-file", Some(file)).await;
+    for i in [ALICE, BOB, CAROL] {
+        let logs = deployment.logs(i);
+        assert!(
+            logs.contains("authenticated with the cluster secret file"),
+            "{logs}"
+        );
+    }
+    // Unsigned, and signed with the wrong secret: refused.
+    let wrong = Keyring::single("not-the-docker-suite-secret-0123").expect("a secret");
+    for (path, body) in outsider_messages() {
+        assert_eq!(
+            post_to_alice(path, &body, &[]).await,
+            401,
+            "unsigned {path}"
+        );
+        let signed = auth::sign_request(
+            &wrong,
+            "POST",
+            path,
+            &addr(BOB),
+            now_ms(),
+            &auth::nonce(),
+            body.to_string().as_bytes(),
+        );
+        let headers = [
+            (auth::TIME, signed.time_ms.to_string()),
+            (auth::NONCE, signed.nonce),
+            (auth::MAC, signed.mac),
+        ];
+        assert_eq!(
+            post_to_alice(path, &body, &headers).await,
+            401,
+            "forged {path}"
+        );
+    }
+    assert_unharmed(&deployment).await;
+    // A killed replica restarts with the same secret file and catches up.
+    deployment.kill(BOB).await;
+    deployment.run(BOB);
+    let bob = deployment.node(BOB);
+    let meta = deployment
+        .node(ALICE)
+        .put("while-bob-restarted", json!(1), &Value::Null)
+        .await
+        .expect_result(201, "created");
+    get_served(&bob, "while-bob-restarted", &meta, within(SETTLE_TIMEOUT))
+        .await
+        .expect_found(&json!(1));
+    until_views(&deployment.nodes(), &full_view(), within(SETTLE_TIMEOUT)).await;
 }

@@ -51,6 +51,8 @@ pub const CAROL: usize = 2;
 pub const REPLICAS: usize = NAMES.len();
 
 const LOG_TAIL_LINES: usize = 60;
+/// Where a deployment with a secret finds it inside each container.
+pub const SECRET_IN_CONTAINER: &str = "/run/secrets/causalkv-cluster-secret";
 
 /// Runs `docker args...`; its stdout, or its stderr as the error.
 pub fn docker(args: &[&str]) -> Result<String, String> {
@@ -124,6 +126,9 @@ pub struct Deployment {
     log_dir: PathBuf,
     /// How many times each replica was started.
     lives: [usize; REPLICAS],
+    /// A cluster secret file on the host, mounted read-only into every container and
+    /// passed with `--cluster-secret-file`.
+    secret_file: Option<PathBuf>,
     /// Dropped after the containers are removed (fields drop after `drop`).
     _serial: MutexGuard<'static, ()>,
 }
@@ -131,6 +136,12 @@ pub struct Deployment {
 impl Deployment {
     /// Deploys alice, bob and carol afresh and waits until they are ready.
     pub async fn start(scenario: &'static str) -> Self {
+        Self::start_with(scenario, None).await
+    }
+
+    /// The same, each replica reading the cluster secret from `secret_file` (a host
+    /// path, mounted into the containers).
+    pub async fn start_with(scenario: &'static str, secret_file: Option<PathBuf>) -> Self {
         let serial = DOCKER.lock().await;
         eprintln!("== docker scenario: {scenario}");
         remove_leftovers();
@@ -143,6 +154,7 @@ impl Deployment {
             scenario,
             log_dir: log_dir(scenario),
             lives: [0; REPLICAS],
+            secret_file,
             _serial: serial,
         };
         docker_ok(&["network", "create", "--subnet", SUBNET, &network()]);
@@ -158,18 +170,32 @@ impl Deployment {
     /// the full view.
     pub fn run(&mut self, i: usize) {
         let view = Vec::from_iter(full_view()).join(",");
-        docker_ok(&[
-            "run",
-            "--rm",
-            "--detach",
-            &format!("--publish=127.0.0.1:{}:{PORT}", HOST_PORTS[i]),
-            &format!("--net={}", network()),
-            &format!("--ip={}", IPS[i]),
-            &format!("--name={}", container(i)),
-            &format!("-e=SOCKET_ADDRESS={}", addr(i)),
-            &format!("-e=VIEW={view}"),
-            &image(),
-        ]);
+        let mut args = vec![
+            "run".to_owned(),
+            "--rm".to_owned(),
+            "--detach".to_owned(),
+            format!("--publish=127.0.0.1:{}:{PORT}", HOST_PORTS[i]),
+            format!("--net={}", network()),
+            format!("--ip={}", IPS[i]),
+            format!("--name={}", container(i)),
+            format!("-e=SOCKET_ADDRESS={}", addr(i)),
+            format!("-e=VIEW={view}"),
+        ];
+        if let Some(file) = &self.secret_file {
+            args.push(format!(
+                "--volume={}:{SECRET_IN_CONTAINER}:ro",
+                file.display()
+            ));
+            args.extend([
+                image(),
+                "serve".to_owned(),
+                "--cluster-secret-file".to_owned(),
+            ]);
+            args.push(SECRET_IN_CONTAINER.to_owned());
+        } else {
+            args.push(image());
+        }
+        docker_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
         self.lives[i] += 1;
     }
 
@@ -232,6 +258,15 @@ impl Deployment {
             })
             .await;
         }
+    }
+
+    /// What replica `i` has logged in its current life.
+    pub fn logs(&self, i: usize) -> String {
+        Command::new("docker")
+            .args(["logs", &container(i)])
+            .output()
+            .map(|out| String::from_utf8_lossy(&[out.stdout, out.stderr].concat()).into_owned())
+            .unwrap_or_default()
     }
 
     /// The file keeping the logs of the current life of replica `i`.
