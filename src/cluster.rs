@@ -4,23 +4,43 @@
 //! equal share of the machine's cores as worker threads, prefixes
 //! their log lines with the replica's name, prints where they listen and a `curl` to try,
 //! and on Ctrl-C (or SIGTERM) stops them all: SIGTERM first, SIGKILL after a grace period.
+//!
+//! It listens for Ctrl-C and SIGTERM before it starts any replica, so a signal that comes
+//! while the replicas are still starting stops them too (and the command exits 0). Each
+//! replica asks the kernel to SIGKILL it when the cluster dies, so even a `kill -9` of the
+//! cluster leaves no replica behind.
+//!
+//! The replicas authenticate their internal traffic with a cluster secret, passed to each
+//! as `CLUSTER_SECRET`: one generated for the run (32 random bytes, hex-encoded) unless
+//! `CLUSTER_SECRET` is already set in the cluster's own environment, which the replicas
+//! then inherit unchanged, or they are given a secret file (`-- --cluster-secret-file`
+//! or `CLUSTER_SECRET_FILE`), which they read themselves; `--no-secret` starts them
+//! without one. The banner says which, never the secret itself.
 
+use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
 use std::time::Duration;
 
 use clap::Args;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::prctl::set_pdeathsig;
+use nix::sys::signal::{Signal, kill, raise};
+use nix::unistd::{Pid, getpid, getppid};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-
-use crate::server::shutdown_signal;
+use tokio::signal::unix::{self, SignalKind};
 
 /// How long replicas get to stop before they are killed.
 const GRACE: Duration = Duration::from_secs(5);
 /// How long replicas get to list each other at start.
 const READY_DEADLINE: Duration = Duration::from_secs(15);
+/// The environment variable that carries the cluster secret to the replicas.
+const SECRET_ENV: &str = "CLUSTER_SECRET";
+/// The environment variable and the `serve` option that name a file holding the secret.
+const SECRET_FILE_ENV: &str = "CLUSTER_SECRET_FILE";
+const SECRET_FILE_OPTION: &str = "--cluster-secret-file";
+/// Random bytes in a generated cluster secret.
+const SECRET_BYTES: usize = 32;
 
 #[derive(Args, Debug, Clone)]
 pub struct ClusterArgs {
@@ -33,6 +53,12 @@ pub struct ClusterArgs {
     /// Address every replica listens on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
+    /// Start the replicas without a cluster secret: their internal traffic is not
+    /// authenticated. By default they get a secret generated for this run, or the
+    /// `CLUSTER_SECRET` of this command's environment when it is set, or read the file
+    /// named by `-- --cluster-secret-file` or `CLUSTER_SECRET_FILE`.
+    #[arg(long)]
+    pub no_secret: bool,
     /// Extra `causalkv serve` options for every replica, after `--`.
     #[arg(last = true)]
     pub serve_args: Vec<String>,
@@ -44,6 +70,10 @@ pub enum ClusterError {
     NoReplicas,
     #[error("ports {0}..{1} do not fit below 65536")]
     PortRange(u16, u16),
+    #[error("--no-secret contradicts --cluster-secret-file in the serve options")]
+    SecretConflict,
+    #[error("cannot listen for Ctrl-C and SIGTERM: {0}")]
+    Signals(#[source] std::io::Error),
     #[error("cannot start a replica: {0}")]
     Spawn(#[from] std::io::Error),
     #[error("replica {0} exited: {1}")]
@@ -57,8 +87,116 @@ struct Replica {
     child: Child,
 }
 
+/// Ctrl-C (SIGINT) and SIGTERM, listened for from the moment this is made.
+///
+/// Both are `tokio::signal::unix::signal` streams, which install their handler when
+/// created (`tokio::signal::ctrl_c()` would only install it when first polled), so a
+/// signal that arrives any time after [`StopSignals::listen`] is kept until
+/// [`StopSignals::recv`] is awaited.
+struct StopSignals {
+    interrupt: unix::Signal,
+    terminate: unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> Result<Self, ClusterError> {
+        Ok(Self {
+            interrupt: unix::signal(SignalKind::interrupt()).map_err(ClusterError::Signals)?,
+            terminate: unix::signal(SignalKind::terminate()).map_err(ClusterError::Signals)?,
+        })
+    }
+
+    /// Waits for Ctrl-C or SIGTERM (cancel safe: a signal is never lost).
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}
+
+/// Where the replicas' cluster secret comes from.
+enum Secret {
+    /// Made for this run; passed to every replica as `CLUSTER_SECRET`.
+    Generated(String),
+    /// `CLUSTER_SECRET` is set (non-empty) in this command's environment: the replicas
+    /// inherit it unchanged.
+    Inherited,
+    /// The replicas read it from a file: `--cluster-secret-file` among the serve options,
+    /// or `CLUSTER_SECRET_FILE` in this command's environment (which they inherit).
+    File,
+    /// `--no-secret`: the replicas get neither `CLUSTER_SECRET` nor `CLUSTER_SECRET_FILE`.
+    Disabled,
+}
+
+impl Secret {
+    /// Never overrides a secret the user gave: a secret file (`serve` refuses a
+    /// `CLUSTER_SECRET` next to one) or a `CLUSTER_SECRET`; an empty variable counts as
+    /// unset, as it does for `serve`.
+    fn choose(args: &ClusterArgs) -> Result<Self, ClusterError> {
+        let set = |name: &str| std::env::var_os(name).is_some_and(|value| !value.is_empty());
+        let file_option = args.serve_args.iter().any(|arg| {
+            arg == SECRET_FILE_OPTION
+                || arg
+                    .strip_prefix(SECRET_FILE_OPTION)
+                    .is_some_and(|rest| rest.starts_with('='))
+        });
+        Ok(if args.no_secret {
+            if file_option {
+                return Err(ClusterError::SecretConflict);
+            }
+            Self::Disabled
+        } else if file_option || set(SECRET_FILE_ENV) {
+            Self::File
+        } else if set(SECRET_ENV) {
+            Self::Inherited
+        } else {
+            Self::Generated(generate_secret())
+        })
+    }
+
+    fn apply(&self, command: &mut Command) {
+        match self {
+            Self::Generated(secret) => {
+                command.env(SECRET_ENV, secret);
+            }
+            Self::Inherited | Self::File => {}
+            Self::Disabled => {
+                command.env_remove(SECRET_ENV).env_remove(SECRET_FILE_ENV);
+            }
+        }
+    }
+
+    /// The banner's line about internal traffic; never the secret itself.
+    fn describe(&self) -> &'static str {
+        match self {
+            Self::Generated(_) => {
+                "internal traffic: authenticated with a cluster secret generated for this run"
+            }
+            Self::Inherited => {
+                "internal traffic: authenticated with the CLUSTER_SECRET inherited from this environment"
+            }
+            Self::File => "internal traffic: authenticated with the replicas' cluster secret file",
+            Self::Disabled => {
+                "internal traffic: not authenticated by a cluster secret (--no-secret)"
+            }
+        }
+    }
+}
+
+/// [`SECRET_BYTES`] random bytes from the thread's cryptographically secure generator,
+/// hex-encoded.
+fn generate_secret() -> String {
+    let bytes: [u8; SECRET_BYTES] = rand::random();
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
 pub async fn run(args: ClusterArgs) -> Result<(), ClusterError> {
     let addrs = addresses(&args)?;
+    // First of all, before any replica exists: from here on Ctrl-C and SIGTERM stop the
+    // cluster cleanly instead of killing this process and leaving its replicas running.
+    let mut signals = StopSignals::listen()?;
+    let secret = Secret::choose(&args)?;
     let view = addrs
         .iter()
         .map(ToString::to_string)
@@ -66,22 +204,32 @@ pub async fn run(args: ClusterArgs) -> Result<(), ClusterError> {
         .join(",");
     let mut replicas = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
-        replicas.push(spawn_replica(i + 1, *addr, &view, &args)?);
+        match spawn_replica(i + 1, *addr, &view, &secret, &args) {
+            Ok(replica) => replicas.push(replica),
+            Err(error) => {
+                stop_all(&mut replicas).await;
+                return Err(error);
+            }
+        }
     }
-    let outcome = tokio::select! {
-        ready = wait_ready(&addrs) => ready,
-        exited = first_exit(&mut replicas) => Err(exited),
+    let starting = tokio::select! {
+        () = signals.recv() => None,
+        ready = wait_ready(&addrs) => Some(ready),
+        exited = first_exit(&mut replicas) => Some(Err(exited)),
     };
-    if let Err(error) = outcome {
-        stop_all(&mut replicas).await;
-        return Err(error);
-    }
-    print_banner(&addrs);
-    let outcome = tokio::select! {
-        _ = shutdown_signal() => Ok(()),
-        exited = first_exit(&mut replicas) => Err(exited),
+    let outcome = match starting {
+        Some(Ok(())) => {
+            print_banner(&addrs, &secret);
+            tokio::select! {
+                () = signals.recv() => Ok(()),
+                exited = first_exit(&mut replicas) => Err(exited),
+            }
+        }
+        Some(Err(error)) => Err(error),
+        // A signal before the replicas were ready: stop them all the same.
+        None => Ok(()),
     };
-    eprintln!("stopping {} replicas...", replicas.len());
+    say(&format!("stopping {} replicas...", replicas.len()));
     stop_all(&mut replicas).await;
     outcome
 }
@@ -109,10 +257,12 @@ fn spawn_replica(
     number: usize,
     addr: SocketAddr,
     view: &str,
+    secret: &Secret,
     args: &ClusterArgs,
 ) -> Result<Replica, ClusterError> {
     let threads = threads_per_replica(args.replicas).to_string();
-    let mut child = Command::new(std::env::current_exe()?)
+    let mut command = Command::new(std::env::current_exe()?);
+    command
         .arg("serve")
         .args(["--listen", &addr.to_string(), "--view", view])
         .env("CAUSALKV_WORKER_THREADS", threads)
@@ -123,17 +273,45 @@ fn spawn_replica(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()?;
+        .kill_on_drop(true);
+    secret.apply(&mut command);
+    // The kernel's parent-death signal fires when the *thread* that forked the child
+    // exits, not when its process does. Replicas are forked by the thread that drives
+    // `run`: the main thread under `block_on`, or a tokio worker thread, which lives as
+    // long as the runtime, i.e. as this command. Never spawn them from `spawn_blocking`,
+    // whose threads exit when idle and would take the replicas with them.
+    let parent = getpid();
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed: it makes the prctl, getppid and (at worst)
+    // raise system calls, and neither allocates nor takes a lock.
+    unsafe {
+        command.pre_exec(move || die_with_parent(parent));
+    }
+    let mut child = command.spawn()?;
     if let Some(stderr) = child.stderr.take() {
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                eprintln!("[replica-{number}] {line}");
+                say(&format!("[replica-{number}] {line}"));
             }
         });
     }
     Ok(Replica { addr, child })
+}
+
+/// Runs in a replica between fork and exec: asks the kernel to SIGKILL it when the cluster
+/// dies, and dies at once if the cluster already has (it was then reparented before the
+/// request took effect, and the signal would never come).
+fn die_with_parent(parent: Pid) -> std::io::Result<()> {
+    set_pdeathsig(Signal::SIGKILL)?;
+    if getppid() != parent {
+        // SIGKILL cannot be caught; the error is for the impossible case it returns.
+        raise(Signal::SIGKILL)?;
+        return Err(std::io::Error::from_raw_os_error(
+            nix::errno::Errno::ESRCH as i32,
+        ));
+    }
+    Ok(())
 }
 
 /// Polls `GET /view` on every replica until each lists all of them.
@@ -192,18 +370,29 @@ async fn stop_all(replicas: &mut [Replica]) {
     }
 }
 
-fn print_banner(addrs: &[SocketAddr]) {
-    println!("causalkv cluster: {} replicas ready", addrs.len());
+/// A line on stderr; a closed stderr is no reason to stop (or panic, as `eprintln!` would).
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+fn print_banner(addrs: &[SocketAddr], secret: &Secret) {
+    let (Some(first), Some(last)) = (addrs.first(), addrs.last()) else {
+        return;
+    };
+    let mut banner = format!("causalkv cluster: {} replicas ready\n", addrs.len());
     for (i, addr) in addrs.iter().enumerate() {
-        println!("  replica-{}  http://{addr}", i + 1);
+        banner += &format!("  replica-{}  http://{addr}\n", i + 1);
     }
-    let first = addrs[0];
-    let last = addrs[addrs.len() - 1];
-    println!("\nTry:");
-    println!(
-        "  curl -s -X PUT http://{first}/kvs/greeting -H 'Content-Type: application/json' \\\n       -d '{{\"value\": \"hello\", \"causal-metadata\": null}}'"
+    banner += &format!("{}\n", secret.describe());
+    banner += "\nTry:\n";
+    banner += &format!(
+        "  curl -s -X PUT http://{first}/kvs/greeting -H 'Content-Type: application/json' \\\n       -d '{{\"value\": \"hello\", \"causal-metadata\": null}}'\n"
     );
-    println!("  curl -s http://{last}/kvs/greeting");
-    println!("  curl -s http://{first}/view");
-    println!("\nPress Ctrl-C to stop.");
+    banner += &format!("  curl -s http://{last}/kvs/greeting\n");
+    banner += &format!("  curl -s http://{first}/view\n");
+    banner += "\nPress Ctrl-C to stop.\n";
+    // Like `say`: a closed stdout must not stop the cluster (`println!` would panic).
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(banner.as_bytes());
+    let _ = stdout.flush();
 }
