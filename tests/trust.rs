@@ -224,6 +224,19 @@ async fn with_a_secret_forged_tampered_stale_and_replayed_messages_are_refused()
         assert_eq!(replay, 401, "replayed {path}: {answer}");
     }
     assert_unharmed(&cluster, "k", &json!("before")).await;
+    // Refusals are logged at warn with their source, but not one line each.
+    let log = cluster.log_text(0);
+    let lines = log.matches("refused an internal request").count();
+    assert!(lines >= 1, "no refusal logged:\n{log}");
+    assert!(
+        log.contains("source=127.0.0.1:"),
+        "no source address:\n{log}"
+    );
+    let refusals = 4 * harmful_messages(&member, &other).len() + 2;
+    assert!(
+        lines < refusals,
+        "{lines} lines for {refusals} refusals: not rate-limited"
+    );
 }
 
 #[tokio::test]
