@@ -33,5 +33,19 @@ pub mod replica;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod trust;
 pub mod varint;
+pub mod wallclock;
 pub mod wire;
+
+/// An error and its causes, in one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

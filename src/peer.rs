@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -25,7 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::auth;
 use crate::causal::Addr;
 use crate::delivery::Write;
-use crate::node::trust::Trust;
+use crate::trust::Trust;
+use crate::wallclock::{limits, now_ms};
 use crate::wire::Validate;
 
 /// Most writes in one replication request.
@@ -161,30 +162,13 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<R, PeerError> {
         let answer: R = self.post(addr, path, body, timeout).await?;
-        answer
-            .validate(&crate::node::limits())
-            .map_err(PeerError::Malformed)?;
+        answer.validate(&limits()).map_err(PeerError::Malformed)?;
         Ok(answer)
     }
 }
 
-/// Milliseconds since the Unix epoch, the time a signed request carries.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// An error and its causes, in one line.
 fn classify(error: &dyn std::error::Error) -> PeerError {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    PeerError::Unreachable(text)
+    PeerError::Unreachable(crate::error_chain(error))
 }
 
 /// One write queued for a peer, with the acknowledgement its client may wait for.

@@ -363,16 +363,15 @@ impl Drop for Cluster {
     }
 }
 
-#[test]
-fn sigterm_as_soon_as_it_is_handled_exits_zero_and_leaves_no_replica() {
-    let mut cluster = Cluster::start(&[], &[]);
-    cluster.wait_sigterm_handler();
+/// SIGTERM before the banner: the cluster exits 0 without printing it, and no replica
+/// is left.
+fn assert_stops_before_ready(mut cluster: Cluster, when: &str) {
     assert!(!cluster.banner_seen(), "the banner came before the signal");
     cluster.signal(Signal::SIGTERM);
     let status = cluster.wait_exit(EXIT_DEADLINE);
     assert!(
         status.success(),
-        "the cluster exited with {status} on an early SIGTERM"
+        "the cluster exited with {status} on SIGTERM {when}"
     );
     assert!(
         !cluster.banner_seen(),
@@ -383,22 +382,17 @@ fn sigterm_as_soon_as_it_is_handled_exits_zero_and_leaves_no_replica() {
 }
 
 #[test]
+fn sigterm_as_soon_as_it_is_handled_exits_zero_and_leaves_no_replica() {
+    let mut cluster = Cluster::start(&[], &[]);
+    cluster.wait_sigterm_handler();
+    assert_stops_before_ready(cluster, "as soon as it is handled");
+}
+
+#[test]
 fn sigterm_while_replicas_start_stops_them_and_exits_zero() {
     let mut cluster = Cluster::start(&[], &[]);
     cluster.wait_first_fork();
-    assert!(!cluster.banner_seen(), "the banner came before the signal");
-    cluster.signal(Signal::SIGTERM);
-    let status = cluster.wait_exit(EXIT_DEADLINE);
-    assert!(
-        status.success(),
-        "the cluster exited with {status} on SIGTERM at start"
-    );
-    assert!(
-        !cluster.banner_seen(),
-        "stopped before ready, yet printed the banner: {:?}",
-        cluster.stdout
-    );
-    cluster.wait_replicas_gone();
+    assert_stops_before_ready(cluster, "while replicas start");
 }
 
 #[test]

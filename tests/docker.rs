@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use causalkv::auth::{self, Keyring};
-use causalkv::peer::now_ms;
+use causalkv::wallclock::now_ms;
 use causalkv::wire;
 use common::docker::{ALICE, BOB, CAROL, Deployment, addr, full_view, get_served, until_holds};
 use common::until_views;

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use causalkv::auth::{self, Keyring};
 use causalkv::client::{Client, Metadata};
-use causalkv::peer::now_ms;
+use causalkv::wallclock::now_ms;
 use causalkv::wire;
 use common::pki::Pki;
 use common::{

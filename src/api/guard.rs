@@ -34,7 +34,7 @@ use crate::auth::{self, AuthError, Signed};
 use crate::causal::Addr;
 use crate::membership::Status;
 use crate::node::Node;
-use crate::peer::now_ms;
+use crate::wallclock::now_ms;
 use crate::wire;
 
 /// The authenticated sender of an internal request.

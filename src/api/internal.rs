@@ -14,7 +14,8 @@ use serde_json::json;
 
 use super::guard::Sender;
 use super::{ApiError, read_body};
-use crate::node::{Node, limits};
+use crate::node::Node;
+use crate::wallclock::limits;
 use crate::wire::{self, Validate};
 
 pub fn routes() -> Router<Arc<Node>> {

@@ -282,10 +282,13 @@ impl Client {
                 .http
                 .request(request)
                 .await
-                .map_err(|e| error_chain(&e))?;
+                .map_err(|e| crate::error_chain(&e))?;
             let status = response.status();
             let bytes = response.into_body().collect().await;
-            Ok::<_, String>((status, bytes.map_err(|e| error_chain(&e))?.to_bytes()))
+            Ok::<_, String>((
+                status,
+                bytes.map_err(|e| crate::error_chain(&e))?.to_bytes(),
+            ))
         };
         let (status, bytes) = match tokio::time::timeout(self.timeout, exchange).await {
             Ok(Ok(answer)) => answer,
@@ -314,18 +317,6 @@ impl Client {
         })?;
         Ok(RawReply { status, body })
     }
-}
-
-/// An error and its causes, in one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The HTTP client every load-generating tool uses: keep-alive pool, no proxy, no Nagle.

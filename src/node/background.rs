@@ -8,11 +8,12 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::{Node, now_micros};
+use super::Node;
 use crate::causal::{Addr, Clock, Incarnation};
 use crate::membership::Status;
 use crate::peer::PeerError;
 use crate::replica::Delta;
+use crate::wallclock::now_micros;
 use crate::wire::{self, ANNOUNCE, Announce, HEARTBEAT, Heartbeat, SYNC, SyncRequest};
 
 /// Longest wait for one chunk of a catch-up transfer.

@@ -12,17 +12,16 @@
 
 mod background;
 mod inbound;
-pub mod trust;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
-use crate::causal::{Addr, Clock, Dot, Limits};
+use crate::causal::{Addr, Clock, Dot};
 use crate::config::Config;
 use crate::delivery::Write;
 use crate::membership::{Change, Membership, Timing};
@@ -32,6 +31,8 @@ use crate::peer::{
 use crate::replica::{CoreError, Replica};
 use crate::store::{Key, Read, Value};
 use crate::tls::TlsError;
+use crate::trust::Trust;
+use crate::wallclock::limits;
 use crate::wire::{VIEW_CHANGE, ViewChange, ViewOp};
 
 pub use background::start;
@@ -83,7 +84,7 @@ pub struct Node {
     /// Signalled whenever the clock advances or the replica becomes ready.
     applied: Notify,
     /// How peers are reached and what this replica trusts (see `trust`).
-    pub trust: Arc<trust::Trust>,
+    pub trust: Arc<Trust>,
     peer_settings: Arc<PeerSettings>,
     /// One client (connection pool) per peer, replaced when the peer restarts so that no
     /// request goes out on a connection to its previous life.
@@ -101,7 +102,7 @@ impl Node {
             )?),
             None => None,
         };
-        let trust = Arc::new(trust::Trust::new(config.secret.as_ref(), tls.is_some()));
+        let trust = Arc::new(Trust::new(config.secret.as_ref(), tls.is_some()));
         let peer_settings = Arc::new(PeerSettings {
             me: config.me.clone(),
             trust: trust.clone(),
@@ -356,18 +357,6 @@ impl Node {
             state.links.insert(peer.clone(), link);
         }
     }
-}
-
-/// The wall clock in microseconds since the Unix epoch.
-pub(crate) fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
-
-/// The bounds on what peers may send, now (see `causal::limits`).
-pub fn limits() -> Limits {
-    Limits::at(now_micros())
 }
 
 /// This replica's own IP, when it can bind it: outgoing connections to peers start from

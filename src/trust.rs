@@ -1,4 +1,4 @@
-//! What this replica trusts on its internal endpoints, and how it signs what it sends.
+//! What a replica trusts on its internal endpoints, and the secrets it signs with.
 //!
 //! With a cluster secret (`CLUSTER_SECRET` or `--cluster-secret-file`), internal requests
 //! and their answers are signed and verified (see `auth`). A secret file is re-read when
