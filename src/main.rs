@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use causalkv::bench::{self, BenchArgs};
@@ -17,6 +17,7 @@ use causalkv::cli::{self, KeyArgs, PutArgs, ViewArgs};
 use causalkv::cluster::{self, ClusterArgs};
 use causalkv::config::ServeArgs;
 use causalkv::server;
+use causalkv::status::{self, StatusArgs};
 
 /// mimalloc: per-thread free lists suit a server that allocates many small, short-lived
 /// buffers per request on several threads (measured in bench/compare.sh).
@@ -30,8 +31,24 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "A replicated, causally consistent key-value store"
 )]
 struct Cli {
+    /// Log lines as text for people, or as JSON objects (one per line, the same fields)
+    /// for log shippers.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "text",
+        env = "LOG_FORMAT",
+        global = true
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -53,6 +70,9 @@ enum Command {
     Check(CheckArgs),
     /// Measure throughput and latency over the HTTP contract.
     Bench(BenchArgs),
+    /// Show the cluster at a glance: one row per replica, its peers' queues and lag
+    /// (exit 1 when a replica is unreachable or not ready, or the views disagree).
+    Status(StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,7 +81,7 @@ fn main() -> ExitCode {
         Command::Serve(_) | Command::Cluster(_) => "info",
         _ => "warn",
     };
-    init_logging(default_level);
+    init_logging(default_level, cli.log_format);
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
@@ -120,15 +140,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(bench::run(args))?;
             ExitCode::SUCCESS
         }
+        Command::Status(args) => match runtime.block_on(status::run(args)) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(error) => {
+                eprintln!("causalkv: {error}");
+                ExitCode::from(2)
+            }
+        },
     })
 }
 
-fn init_logging(default_level: &str) {
+fn init_logging(default_level: &str, format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // The same fields as the text lines (time, level, target, message, fields),
+        // each a top-level key.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 }

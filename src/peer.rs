@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::auth;
 use crate::causal::Addr;
 use crate::delivery::Write;
+use crate::metrics::FailureReason;
 use crate::trust::Trust;
 use crate::wallclock::{limits, now_ms};
 use crate::wire::Validate;
@@ -192,7 +193,7 @@ pub trait LinkOwner: Send + Sync + 'static {
     /// A replication request to `peer`, sent with the client of `generation`, failed.
     fn replication_failed(&self, peer: &Addr, generation: u64, error: &PeerError);
     /// `peer` answered but refused replicated writes (not for being out of its view).
-    fn replication_refused(&self, peer: &Addr, why: &str);
+    fn replication_refused(&self, peer: &Addr, reason: FailureReason, why: &str);
 }
 
 /// Starts the link to `peer`; it ends when the sender is dropped.
@@ -248,14 +249,20 @@ async fn send_batch<O: LinkOwner>(owner: &O, peer: &Addr, batch: Vec<Outgoing>) 
         }
         // Not acknowledged: dropping the batch's acknowledgement senders tells waiting
         // clients at once. The peer's own probes see what it misses and pull it.
-        Ok(Err(refused)) => owner.replication_refused(peer, &refused),
+        Ok(Err(refused)) => owner.replication_refused(peer, FailureReason::Refused, &refused),
         Err(error @ (PeerError::Timeout(_) | PeerError::Unreachable(_))) => {
             owner.replication_failed(peer, generation, &error)
         }
         Err(error) if error.is_not_in_view() => {
             tracing::debug!(%peer, "peer does not list us yet; anti-entropy will catch it up");
         }
-        Err(error) => owner.replication_refused(peer, &error.to_string()),
+        Err(error) => {
+            let reason = match error {
+                PeerError::Unauthenticated(_) => FailureReason::Unauthenticated,
+                _ => FailureReason::Refused,
+            };
+            owner.replication_refused(peer, reason, &error.to_string())
+        }
     }
 }
 

@@ -7,12 +7,14 @@
 
 mod error;
 mod guard;
+mod health;
 mod internal;
 mod kvs;
 mod view;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -26,6 +28,7 @@ use serde::de::DeserializeOwned;
 
 pub use error::ApiError;
 
+use crate::metrics::Route;
 use crate::node::Node;
 
 /// Largest message a peer may send (a batch of replicated writes).
@@ -44,7 +47,10 @@ pub struct Remote {
 
 /// The whole API of one replica.
 pub fn router(node: Arc<Node>) -> Router {
-    let public = Router::new().merge(kvs::routes()).merge(view::routes());
+    let public = Router::new()
+        .merge(kvs::routes())
+        .merge(view::routes())
+        .merge(health::routes());
     let internal = internal::routes().route_layer(middleware::from_fn_with_state(
         node.clone(),
         guard::internal,
@@ -60,7 +66,18 @@ pub fn router(node: Arc<Node>) -> Router {
             node.clone(),
             read_whole_body,
         ))
+        .layer(middleware::from_fn_with_state(node.clone(), count))
         .with_state(node)
+}
+
+/// Counts and times every request (see `metrics`).
+async fn count(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let route = Route::of(request.uri().path(), request.method().as_str());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    node.metrics
+        .request(route, response.status().as_u16(), started.elapsed());
+    response
 }
 
 /// Reads a request's whole body before any handler runs, up to the route's limit, so that

@@ -222,6 +222,7 @@ impl Node {
                 next,
             } = delta;
             their_clock.get_or_insert(chunk_clock);
+            self.metrics.anti_entropy_entries(entries.len());
             {
                 let mut state = self.lock();
                 if !state.members.in_view(peer) {

@@ -11,6 +11,7 @@
 //! signalled whenever the clock advances, never by polling.
 
 mod background;
+mod health;
 mod inbound;
 
 use std::collections::{HashMap, HashSet};
@@ -25,6 +26,7 @@ use crate::causal::{Addr, Clock, Dot};
 use crate::config::Config;
 use crate::delivery::Write;
 use crate::membership::{Change, Membership, Timing};
+use crate::metrics::{FailureReason, Metrics};
 use crate::peer::{
     LinkOwner, LinkSender, Outgoing, PeerClient, PeerError, PeerSettings, spawn_link,
 };
@@ -36,6 +38,7 @@ use crate::wallclock::limits;
 use crate::wire::{VIEW_CHANGE, ViewChange, ViewOp};
 
 pub use background::start;
+pub use health::{Health, PeerHealth};
 
 /// Errors of the node layer (the API maps each to a status).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -85,11 +88,14 @@ pub struct Node {
     applied: Notify,
     /// How peers are reached and what this replica trusts (see `trust`).
     pub trust: Arc<Trust>,
+    pub metrics: Metrics,
     peer_settings: Arc<PeerSettings>,
     /// One client (connection pool) per peer, replaced when the peer restarts so that no
     /// request goes out on a connection to its previous life.
     clients: Mutex<HashMap<Addr, (PeerClient, u64)>>,
     me: Addr,
+    /// When this process started serving.
+    started: std::time::Instant,
     this: std::sync::Weak<Node>,
 }
 
@@ -127,8 +133,10 @@ impl Node {
             state: Mutex::new(state),
             applied: Notify::new(),
             trust,
+            metrics: Metrics::new(),
             peer_settings,
             clients: Mutex::new(HashMap::new()),
+            started: std::time::Instant::now(),
             this: this.clone(),
         }))
     }
@@ -198,7 +206,8 @@ impl Node {
         deps: &Clock,
         f: impl FnOnce(&mut State) -> T,
     ) -> Result<T, NodeError> {
-        let deadline = Instant::now() + self.config.causal_wait;
+        let started = Instant::now();
+        let deadline = started + self.config.causal_wait;
         let mut pulled = false;
         loop {
             let notified = self.applied.notified();
@@ -207,6 +216,9 @@ impl Node {
             {
                 let mut state = self.lock();
                 if state.replica.satisfies(deps) {
+                    if pulled {
+                        self.metrics.causal_wait(started.elapsed(), false);
+                    }
                     return Ok(f(&mut state));
                 }
             }
@@ -215,6 +227,7 @@ impl Node {
                 self.pull_from_view(true);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                self.metrics.causal_wait(started.elapsed(), true);
                 return Err(NodeError::CausalTimeout);
             }
         }
@@ -244,7 +257,9 @@ impl Node {
     /// `PUT /kvs/<key>`.
     pub async fn put(&self, key: Key, value: Value, deps: &Clock) -> Result<Written, NodeError> {
         let pending = self
-            .when_applied(deps, |state| state.write(key, Some(value), deps))
+            .when_applied(deps, |state| {
+                state.write(key, Some(value), deps, &self.metrics)
+            })
             .await??;
         Ok(self.replicated(pending).await)
     }
@@ -259,7 +274,7 @@ impl Node {
             .when_applied(deps, |state| {
                 let read = state.replica.read(&key);
                 if matches!(read, Read::Found { .. }) {
-                    return state.write(key, None, deps).map(Ok);
+                    return state.write(key, None, deps, &self.metrics).map(Ok);
                 }
                 let metadata = state.replica.metadata_with(deps, deleted_by(&read));
                 Ok(Err(Missing { metadata }))
@@ -338,11 +353,13 @@ impl Node {
         for change in changes {
             match change {
                 Change::Joined(peer, reason) => {
+                    self.metrics.view_changed(true);
                     tracing::info!(%peer, "replica joined the view: {reason}");
                     self.ensure_link(&peer);
                     self.pull(peer, true);
                 }
                 Change::Left(peer, reason) => {
+                    self.metrics.view_changed(false);
                     tracing::warn!(%peer, "replica left the view: {reason}");
                 }
             }
@@ -389,6 +406,7 @@ impl State {
         key: Key,
         value: Option<Value>,
         deps: &Clock,
+        metrics: &Metrics,
     ) -> Result<PendingWrite, NodeError> {
         // Callers run under `when_applied`, so the replica is ready.
         let local =
@@ -398,7 +416,7 @@ impl State {
                     CoreError::NotReady => NodeError::CausalTimeout,
                     CoreError::ClockAhead => NodeError::ClockAhead(error),
                 })?;
-        let acks = self.queue_on_links(&Arc::new(local.write));
+        let acks = self.queue_on_links(&Arc::new(local.write), metrics);
         let written = Written {
             existed: local.existed,
             metadata: local.metadata,
@@ -408,7 +426,11 @@ impl State {
 
     /// Queues `write` on the link of every peer in the view; returns the acknowledgements
     /// to wait for. A full queue is skipped: that peer catches up by anti-entropy.
-    fn queue_on_links(&mut self, write: &Arc<Write>) -> Vec<oneshot::Receiver<()>> {
+    fn queue_on_links(
+        &mut self,
+        write: &Arc<Write>,
+        metrics: &Metrics,
+    ) -> Vec<oneshot::Receiver<()>> {
         let mut acks = Vec::new();
         for peer in self.members.up_peers() {
             let Some(link) = self.links.get(&peer) else {
@@ -422,6 +444,7 @@ impl State {
             if link.try_send(outgoing).is_ok() {
                 acks.push(done);
             } else {
+                metrics.replication_failed(&peer, FailureReason::QueueFull);
                 tracing::debug!(%peer, "replication queue full; peer will catch up by anti-entropy");
             }
         }
@@ -446,7 +469,8 @@ impl LinkOwner for Node {
         self.lock().members.in_view(peer)
     }
 
-    fn replication_refused(&self, peer: &Addr, why: &str) {
+    fn replication_refused(&self, peer: &Addr, reason: FailureReason, why: &str) {
+        self.metrics.replication_failed(peer, reason);
         // Not an acknowledgement: the writes stay unacknowledged, and the peer's probes
         // find the gap and pull it (its clock does not cover what this replica reports).
         tracing::error!(%peer, why, "peer refused replicated writes; the pair is out of sync until anti-entropy repairs it");
@@ -457,6 +481,11 @@ impl LinkOwner for Node {
             tracing::debug!(%peer, %error, "replication to a previous life failed");
             return;
         }
+        let reason = match error {
+            PeerError::Timeout(_) => FailureReason::Timeout,
+            _ => FailureReason::Unreachable,
+        };
+        self.metrics.replication_failed(peer, reason);
         tracing::warn!(%peer, %error, "replication failed");
         let change = self
             .lock()

@@ -113,6 +113,11 @@ impl Store {
         self.live
     }
 
+    /// Bytes of keys and values as the store holds them (see `Table::bytes`).
+    pub fn bytes(&self) -> usize {
+        self.records.bytes()
+    }
+
     pub fn read(&self, key: &str) -> Read<'_> {
         let Some(record) = self.records.get(key.as_bytes()) else {
             return Read::Missing;

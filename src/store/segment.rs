@@ -26,6 +26,11 @@ impl Segment {
         record::restart_key(&self.bytes)
     }
 
+    /// Bytes of its packed records.
+    pub fn bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
     /// Number of records.
     pub fn records(&self) -> usize {
         self.records

@@ -10,10 +10,13 @@ pub const LARGE_VALUE_BYTES: usize = 512;
 pub struct Slab {
     values: Vec<Box<[u8]>>,
     free: Vec<u32>,
+    /// Bytes of the values in use.
+    bytes: usize,
 }
 
 impl Slab {
     pub fn insert(&mut self, value: Box<[u8]>) -> u32 {
+        self.bytes += value.len();
         match self.free.pop() {
             Some(slot) => {
                 self.values[slot as usize] = value;
@@ -37,8 +40,14 @@ impl Slab {
         self.values.len() - self.free.len()
     }
 
+    /// Bytes of the values in use.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     pub fn remove(&mut self, slot: u32) {
         if let Some(value) = self.values.get_mut(slot as usize) {
+            self.bytes -= value.len();
             *value = Box::default();
             self.free.push(slot);
         }

@@ -84,6 +84,8 @@ pub struct Table {
     stored: usize,
     pending: BTreeMap<Box<[u8]>, Pending>,
     pending_bytes: usize,
+    /// Bytes of the keys of pending writes (for [`Table::bytes`]).
+    pending_key_bytes: usize,
     /// Writes since the last [`Table::maintain`].
     recent_writes: usize,
     large: Slab,
@@ -109,6 +111,12 @@ impl Table {
         }
     }
 
+    /// Bytes the records take: packed segments, values of pending writes, large values.
+    pub fn bytes(&self) -> usize {
+        let segments: usize = self.segments.iter().map(Segment::bytes).sum();
+        segments + self.pending_key_bytes + self.pending_bytes + self.large.bytes()
+    }
+
     pub fn get(&self, key: &[u8]) -> Option<RecordRef<'_>> {
         if let Some(pending) = self.pending.get(key) {
             return Some(pending.as_ref());
@@ -124,8 +132,9 @@ impl Table {
             version,
             value: value.into(),
         };
-        if let Some(old) = self.pending.insert(key.into(), pending) {
-            self.pending_bytes -= old.value.len();
+        match self.pending.insert(key.into(), pending) {
+            Some(old) => self.pending_bytes -= old.value.len(),
+            None => self.pending_key_bytes += key.len(),
         }
         self.recent_writes += 1;
         let limits = self.limits;
@@ -193,6 +202,7 @@ impl Table {
         }
         let mut pending = std::mem::take(&mut self.pending).into_iter().peekable();
         self.pending_bytes = 0;
+        self.pending_key_bytes = 0;
         let mut old = std::mem::take(&mut self.segments);
         let mut merged = Merged::new(self.limits);
         for index in 0..old.len() {

@@ -547,6 +547,11 @@ impl TestCluster {
         (0..self.len()).map(|i| self.addr(i)).collect()
     }
 
+    /// The process id of replica `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.replicas[i].child.as_ref().map(Child::id)
+    }
+
     /// Everything replica `i` logged so far (all its lives).
     pub fn log_text(&self, i: usize) -> String {
         fs::read_to_string(&self.replicas[i].log).unwrap_or_default()
