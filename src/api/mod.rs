@@ -20,7 +20,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
@@ -55,19 +55,23 @@ pub fn router(node: Arc<Node>) -> Router {
         node.clone(),
         guard::internal,
     ));
-    public
+    let routes = public
         .merge(internal)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         // Bodies are read whole before routing (see `read_whole_body`); the extractors'
         // own limit must not cut them shorter.
         .layer(DefaultBodyLimit::disable())
+        .with_state(node.clone());
+    // Counting and reading bodies run once around the whole router, before routing:
+    // layered on the router itself they would wrap, and be cloned with, every route.
+    Router::new()
+        .fallback_service(routes)
         .layer(middleware::from_fn_with_state(
             node.clone(),
             read_whole_body,
         ))
-        .layer(middleware::from_fn_with_state(node.clone(), count))
-        .with_state(node)
+        .layer(middleware::from_fn_with_state(node, count))
 }
 
 /// Counts and times every request (see `metrics`).
@@ -90,33 +94,76 @@ async fn read_whole_body(State(node): State<Arc<Node>>, request: Request, next: 
     } else {
         node.config.max_body_bytes
     };
+    let head = request.method() == Method::HEAD;
     if declared_length(request.headers()).is_some_and(|n| n > limit.max(DRAIN_LIMIT)) {
-        return close(ApiError::TooLarge(limit).into_response());
+        return close(refusal(ApiError::TooLarge(limit), head));
     }
     let (parts, mut body) = request.into_parts();
-    let mut bytes = bytes::BytesMut::new();
-    let mut seen = 0usize;
+    let mut whole = Whole::default();
     while let Some(frame) = body.frame().await {
         let data = match frame {
             Ok(frame) => match frame.into_data() {
                 Ok(data) => data,
                 Err(_) => continue,
             },
-            Err(error) => return close(ApiError::MalformedBody(error.to_string()).into_response()),
+            Err(error) => return close(refusal(ApiError::MalformedBody(error.to_string()), head)),
         };
-        seen = seen.saturating_add(data.len());
-        if seen > limit.max(DRAIN_LIMIT) {
-            return close(ApiError::TooLarge(limit).into_response());
+        if whole.len.saturating_add(data.len()) > limit.max(DRAIN_LIMIT) {
+            return close(refusal(ApiError::TooLarge(limit), head));
         }
-        if seen <= limit {
-            bytes.extend_from_slice(&data);
-        }
+        whole.push(data, limit);
     }
-    if seen > limit {
-        return ApiError::TooLarge(limit).into_response();
+    if whole.len > limit {
+        return refusal(ApiError::TooLarge(limit), head);
     }
-    next.run(Request::from_parts(parts, Body::from(bytes.freeze())))
+    next.run(Request::from_parts(parts, Body::from(whole.into_bytes())))
         .await
+}
+
+/// A body read frame by frame: a body of one frame (the usual case) is kept as it came,
+/// without a copy.
+#[derive(Default)]
+struct Whole {
+    first: Bytes,
+    rest: Option<bytes::BytesMut>,
+    len: usize,
+}
+
+impl Whole {
+    /// Adds a frame; past `limit` bytes, frames are counted but not kept.
+    fn push(&mut self, data: Bytes, limit: usize) {
+        self.len = self.len.saturating_add(data.len());
+        if self.len > limit {
+            return;
+        }
+        match &mut self.rest {
+            Some(rest) => rest.extend_from_slice(&data),
+            None if self.first.is_empty() => self.first = data,
+            None => {
+                let mut rest = bytes::BytesMut::from(&self.first[..]);
+                rest.extend_from_slice(&data);
+                self.rest = Some(rest);
+            }
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self.rest {
+            Some(rest) => rest.freeze(),
+            None => self.first,
+        }
+    }
+}
+
+/// The answer to a request refused before routing; a `HEAD` answer has no body (the
+/// router strips it from the answers it makes).
+fn refusal(error: ApiError, head: bool) -> Response {
+    let response = error.into_response();
+    if head {
+        let (parts, _) = response.into_parts();
+        return Response::from_parts(parts, Body::empty());
+    }
+    response
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<usize> {
