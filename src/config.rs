@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::auth::{AuthError, Keyring};
-use crate::causal::Addr;
+use crate::causal::{self, Addr, addr_of};
 
 /// Errors in the configuration.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -164,7 +164,7 @@ impl ServeArgs {
         let me = parse_addr("socket address", listen)?;
         let view_text = self.view.as_deref().ok_or(ConfigError::MissingView)?;
         let mut view = parse_view(view_text)?;
-        let me_addr = Addr::from(me.to_string());
+        let me_addr = addr_of(me);
         if !view.contains(&me_addr) {
             view.push(me_addr.clone());
         }
@@ -222,9 +222,9 @@ impl ServeArgs {
     }
 }
 
-/// Parses `IP:PORT` (no host names: a replica is named by its socket address).
-pub fn parse_addr(what: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
-    text.trim().parse().map_err(|_| ConfigError::BadAddress {
+/// Parses `IP:PORT` (see `causal::parse_addr`); `what` names it in the error.
+fn parse_addr(what: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
+    causal::parse_addr(text).ok_or_else(|| ConfigError::BadAddress {
         what,
         value: text.to_string(),
     })
@@ -234,7 +234,7 @@ pub fn parse_addr(what: &'static str, text: &str) -> Result<SocketAddr, ConfigEr
 pub fn parse_view(text: &str) -> Result<Vec<Addr>, ConfigError> {
     let mut view: Vec<Addr> = Vec::new();
     for part in text.split(',').filter(|p| !p.trim().is_empty()) {
-        let addr = Addr::from(parse_addr("view entry", part)?.to_string());
+        let addr = addr_of(parse_addr("view entry", part)?);
         if !view.contains(&addr) {
             view.push(addr);
         }

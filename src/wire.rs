@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::causal::limits::MAX_COUNTER;
-use crate::causal::{Addr, Clock, Limits};
+use crate::causal::{Addr, Clock, Limits, is_canonical_addr};
 use crate::delivery::Write;
 
 pub const HEARTBEAT: &str = "/internal/heartbeat";
@@ -104,9 +104,9 @@ fn check_epoch(epoch: Option<u64>, limits: &Limits) -> Result<(), String> {
 /// Replicas are named by canonical `IP:PORT` strings; anything else is refused, so that
 /// nothing but a socket address ever enters a view.
 pub fn check_addr(addr: &str) -> Result<(), String> {
-    match addr.parse::<std::net::SocketAddr>() {
-        Ok(parsed) if parsed.to_string() == addr => Ok(()),
-        _ => Err(format!(
+    match is_canonical_addr(addr) {
+        true => Ok(()),
+        false => Err(format!(
             "{addr:?} is not a canonical IP:PORT socket address"
         )),
     }

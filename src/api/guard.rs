@@ -17,7 +17,7 @@
 //! A refusal is `401` with a JSON error, changes nothing, and is logged at `warn` with the
 //! source address, at most once per second (with the count of refusals not logged).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -31,7 +31,7 @@ use http_body_util::BodyExt;
 
 use super::{ApiError, Remote};
 use crate::auth::{self, AuthError, Signed};
-use crate::causal::Addr;
+use crate::causal::{Addr, parse_addr};
 use crate::membership::Status;
 use crate::node::Node;
 use crate::wallclock::now_ms;
@@ -120,7 +120,9 @@ fn signed_headers(headers: &HeaderMap, from: &str) -> Result<Signed, AuthError> 
 
 /// Without a secret: the connection must come from the IP the sender claims.
 fn check_source(remote: Option<Remote>, from: &str) -> Result<(), String> {
-    let claimed = from.parse::<SocketAddr>().map_err(|e| e.to_string())?.ip();
+    let claimed = parse_addr(from)
+        .ok_or_else(|| format!("{from:?} is not an IP:PORT address"))?
+        .ip();
     let source = remote
         .map(|r| canonical(r.addr.ip()))
         .ok_or("the connection's source address is unknown")?;

@@ -1,7 +1,6 @@
 //! `/view`: list, add and remove replicas, as the contract says. Changes made here are
 //! passed on to the other replicas by the node.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
@@ -16,7 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, parse_json, read_body};
-use crate::causal::Addr;
+use crate::causal::{Addr, addr_of, parse_addr};
 use crate::node::Node;
 
 pub fn routes() -> Router<Arc<Node>> {
@@ -34,11 +33,9 @@ fn socket_address(node: &Node, body: Result<Bytes, BytesRejection>) -> Result<Ad
     let body: ViewBody = parse_json(&read_body(body, node.config.max_body_bytes)?)?;
     match body.socket_address {
         None | Some(serde_json::Value::Null) => Err(ApiError::MissingSocketAddress),
-        Some(serde_json::Value::String(text)) => text
-            .trim()
-            .parse::<SocketAddr>()
-            .map(|addr| Addr::from(addr.to_string()))
-            .map_err(|_| ApiError::BadSocketAddress),
+        Some(serde_json::Value::String(text)) => parse_addr(&text)
+            .map(addr_of)
+            .ok_or(ApiError::BadSocketAddress),
         Some(_) => Err(ApiError::BadSocketAddress),
     }
 }

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::BenchError;
-use super::chart;
 use super::progress::group_digits;
 use super::report::format_ms;
 
@@ -332,8 +331,9 @@ fn absolute(target: &str, subject: &Row, floor: f64) -> TargetCheck {
     }
 }
 
-/// Reads the files, prints the summary (table, or JSON with `json`), and saves it.
-pub fn run(files: &[PathBuf], save: Option<&Path>, json: bool) -> Result<(), BenchError> {
+/// Reads the files, prints the summary (table, or JSON with `json`), saves it as JSON
+/// when asked, and returns it.
+pub fn run(files: &[PathBuf], save: Option<&Path>, json: bool) -> Result<Summary, BenchError> {
     let mut rows = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(file)
@@ -352,22 +352,18 @@ pub fn run(files: &[PathBuf], save: Option<&Path>, json: bool) -> Result<(), Ben
         print!("{}", summary.render());
     }
     if let Some(path) = save {
-        save_summary(path, &summary, &encoded)?;
+        save_summary(path, &encoded)?;
     }
-    Ok(())
+    Ok(summary)
 }
 
-fn save_summary(path: &Path, summary: &Summary, encoded: &str) -> Result<(), BenchError> {
+fn save_summary(path: &Path, encoded: &str) -> Result<(), BenchError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
     let json_path = path.with_extension("json");
     std::fs::write(&json_path, encoded)?;
-    let png_path = path.with_extension("png");
-    match chart::draw(summary, &png_path) {
-        Ok(()) => eprintln!("saved {} and {}", json_path.display(), png_path.display()),
-        Err(error) => eprintln!("saved {}; no chart: {error}", json_path.display()),
-    }
+    eprintln!("saved {}", json_path.display());
     Ok(())
 }
 

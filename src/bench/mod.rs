@@ -144,7 +144,15 @@ pub enum BenchError {
 
 pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     if !args.summarize.is_empty() {
-        return compare::run(&args.summarize, args.save.as_deref(), args.json);
+        let summary = compare::run(&args.summarize, args.save.as_deref(), args.json)?;
+        if let Some(path) = &args.save {
+            let png_path = path.with_extension("png");
+            match chart::draw(&summary, &png_path) {
+                Ok(()) => eprintln!("saved {}", png_path.display()),
+                Err(error) => eprintln!("no chart: {error}"),
+            }
+        }
+        return Ok(());
     }
     validate(&args)?;
     if args.save.is_some() && !args.scale {

@@ -24,12 +24,31 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// A replica's socket address, `IP:PORT`, shared cheaply.
+/// A replica's socket address, `IP:PORT`, shared cheaply. Always canonical (written as
+/// `SocketAddr` displays it), so that one replica has one name.
 pub type Addr = Arc<str>;
+
+/// Parses `IP:PORT`, surrounding spaces ignored. No host names: a replica is named by its
+/// socket address.
+pub fn parse_addr(text: &str) -> Option<SocketAddr> {
+    text.trim().parse().ok()
+}
+
+/// The canonical name of the replica at `socket`.
+pub fn addr_of(socket: SocketAddr) -> Addr {
+    Addr::from(socket.to_string())
+}
+
+/// True when `text` names a replica exactly as its canonical name is written.
+pub fn is_canonical_addr(text: &str) -> bool {
+    text.parse::<SocketAddr>()
+        .is_ok_and(|socket| socket.to_string() == text)
+}
 
 /// One life of one replica process. Ordered by address, then epoch; a restarted replica
 /// always picks an epoch above every earlier one of its address.

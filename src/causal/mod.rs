@@ -6,5 +6,5 @@ pub mod clock;
 pub mod limits;
 pub mod metadata;
 
-pub use clock::{Addr, Causality, Clock, Dot, Incarnation};
+pub use clock::{Addr, Causality, Clock, Dot, Incarnation, addr_of, is_canonical_addr, parse_addr};
 pub use limits::Limits;

@@ -15,14 +15,14 @@ mod health;
 mod inbound;
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
-use crate::causal::{Addr, Clock, Dot};
+use crate::causal::{Addr, Clock, Dot, parse_addr};
 use crate::config::Config;
 use crate::delivery::Write;
 use crate::membership::{Change, Membership, Timing};
@@ -191,7 +191,7 @@ impl Node {
         state
             .members
             .members()
-            .any(|(addr, ..)| addr.parse::<SocketAddr>().is_ok_and(|a| a.ip() == ip))
+            .any(|(addr, ..)| parse_addr(addr).is_some_and(|a| a.ip() == ip))
     }
 
     pub fn is_ready(&self) -> bool {
@@ -379,7 +379,7 @@ impl Node {
 /// This replica's own IP, when it can bind it: outgoing connections to peers start from
 /// it, so that a peer checking source addresses sees the address this replica claims.
 fn own_ip(me: &str) -> Option<IpAddr> {
-    let ip = me.parse::<SocketAddr>().ok()?.ip();
+    let ip = parse_addr(me)?.ip();
     std::net::TcpListener::bind((ip, 0)).ok().map(|_| ip)
 }
 
