@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# bench/compare.sh — causalkv against Redis and etcd: one command, one machine, one run.
+# bench/compare.sh — causalkv against Redis, etcd and the machine's ceiling: one command,
+# one machine, interleaved rounds.
 #
-# Builds causalkv (release), then, one system at a time so that none competes with an idle
-# other for the CPU:
+# Builds causalkv (release), then runs --rounds rounds (default 3); in each round, one
+# system at a time so that none competes with an idle other for the CPU:
 #   * a 3-replica causalkv cluster, driven by `causalkv bench` (HTTP contract);
 #   * a Redis primary with two replicas (Debian's redis-server), driven by redis-benchmark
 #     at the same concurrency, key count and value size (GET, SET; workload A runs a SET
 #     and a GET benchmark side by side, half the clients each);
 #   * a 3-member etcd cluster (Debian's etcd-server), driven by `causalkv bench --target
 #     etcd` through etcd's JSON gateway (/v3/kv/put, /v3/kv/range, serializable reads);
-# runs the same workloads on each, prints one table with the ratios of causalkv to each
-# peer, and saves JSON, the raw reports and a PNG chart under bench/results/compare-STAMP/.
+#   * the ceiling: three `causalkv ceiling` servers (a replica's runtime and HTTP stack
+#     answering one fixed JSON answer, no store), driven by `causalkv bench` exactly as the
+#     replicas are: the fastest HTTP/JSON answer this machine gives causalkv's stack;
+# runs the same workloads on each, prints one table of medians over the rounds (with each
+# figure's range) and the ratios of causalkv to each peer (targets count on medians), and
+# saves JSON, the raw reports and a PNG chart under bench/results/compare-STAMP/.
 #
 # Everything listens on 127.0.0.1 only, lives in a temp dir, and every process this script
 # starts is stopped by its PID when it ends, fails or is interrupted. Every load is bounded
@@ -19,8 +24,8 @@
 #
 # Usage: bench/compare.sh [--duration SECONDS] [--warmup SECONDS] [--concurrency N]
 #                         [--keys K] [--value-size BYTES] [--workloads "c write a"]
-#                         [--systems "causalkv redis etcd"] [--port-base P]
-#                         [--causalkv-threads N]
+#                         [--systems "causalkv redis etcd ceiling"] [--port-base P]
+#                         [--causalkv-threads N] [--rounds N]
 # --causalkv-threads N runs each causalkv replica with N worker threads
 # (`serve --worker-threads`; default: the machine's cores split among the three replicas,
 # as `causalkv cluster` does, since they share this machine).
@@ -34,7 +39,9 @@ CONCURRENCY=16
 KEYS=1000
 VALUE_SIZE=32
 WORKLOADS="c write a"
-SYSTEMS="causalkv redis etcd"
+SYSTEMS="causalkv redis etcd ceiling"
+ROUNDS=3
+ROUND=1
 PORT_BASE=17100
 CAUSALKV_THREADS=
 
@@ -51,6 +58,7 @@ while [ $# -gt 0 ]; do
         --systems) SYSTEMS=$2; shift 2 ;;
         --port-base) PORT_BASE=$2; shift 2 ;;
         --causalkv-threads) CAUSALKV_THREADS=$2; shift 2 ;;
+        --rounds) ROUNDS=$2; shift 2 ;;
         -h|--help) usage 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; usage 2 >&2 ;;
     esac
@@ -189,7 +197,7 @@ run_causalkv() {
     for w in $WORKLOADS; do
         say "causalkv: workload $w"
         timeout "$LOAD_TIMEOUT" "$BIN" bench --replica "$view" --label causalkv \
-            --workload "$w" "${BENCH_ARGS[@]}" >"$WORK/causalkv-$w.json"
+            --workload "$w" "${BENCH_ARGS[@]}" >"$WORK/causalkv-$w-r$ROUND.json"
     done
     stop_all
 }
@@ -240,7 +248,7 @@ redis_mixed() {
     local rps
     rps=$(awk -v n=$(((n / 2) * 2)) -v ns=$((t1 - t0)) 'BEGIN { printf "%.2f", n / (ns / 1e9) }')
     redis_row A "SET and GET redis-benchmark side by side, $half clients each" "$rps" \
-        "$WORK/redis-a-set.csv" "$WORK/redis-a-get.csv" >"$WORK/redis-a.json"
+        "$WORK/redis-a-set.csv" "$WORK/redis-a-get.csv" >"$WORK/redis-a-r$ROUND.json"
 }
 
 run_redis() {
@@ -269,9 +277,9 @@ run_redis() {
         say "redis: workload $w ($n requests)"
         case "$w" in
             c|C) redis_bench -c "$CONCURRENCY" -n "$n" -t get >"$WORK/redis-c.csv"
-                 redis_row C "redis-benchmark GET" "" "$WORK/redis-c.csv" >"$WORK/redis-c.json" ;;
+                 redis_row C "redis-benchmark GET" "" "$WORK/redis-c.csv" >"$WORK/redis-c-r$ROUND.json" ;;
             write) redis_bench -c "$CONCURRENCY" -n "$n" -t set >"$WORK/redis-write.csv"
-                 redis_row write "redis-benchmark SET" "" "$WORK/redis-write.csv" >"$WORK/redis-write.json" ;;
+                 redis_row write "redis-benchmark SET" "" "$WORK/redis-write.csv" >"$WORK/redis-write-r$ROUND.json" ;;
             a|A) redis_mixed "$n" "$half" ;;
             *) echo "compare.sh: redis has no workload $w; skipped" >&2 ;;
         esac
@@ -308,7 +316,34 @@ run_etcd() {
     for w in $WORKLOADS; do
         say "etcd: workload $w"
         timeout "$LOAD_TIMEOUT" "$BIN" bench --target etcd --replica "$endpoints" --label etcd \
-            --workload "$w" "${BENCH_ARGS[@]}" >"$WORK/etcd-$w.json"
+            --workload "$w" "${BENCH_ARGS[@]}" >"$WORK/etcd-$w-r$ROUND.json"
+    done
+    stop_all
+}
+
+# ---------------------------------------------------------------- ceiling
+
+ceiling_answers() {
+    curl -sf --max-time 1 "http://$1/kvs/probe" >/dev/null
+}
+
+run_ceiling() {
+    local p=$((PORT_BASE + 40))
+    local addrs="127.0.0.1:$p,127.0.0.1:$((p + 1)),127.0.0.1:$((p + 2))"
+    check_ports "$p" $((p + 1)) $((p + 2))
+    say "ceiling: 3 fixed-answer servers on $addrs"
+    local i
+    for i in 0 1 2; do
+        start "ceiling-$i" "$BIN" ceiling --listen "127.0.0.1:$((p + i))"
+    done
+    for i in 0 1 2; do
+        wait_until 30 "ceiling server $i" ceiling_answers "127.0.0.1:$((p + i))"
+    done
+    local w
+    for w in $WORKLOADS; do
+        say "ceiling: workload $w"
+        timeout "$LOAD_TIMEOUT" "$BIN" bench --replica "$addrs" --label ceiling \
+            --workload "$w" "${BENCH_ARGS[@]}" >"$WORK/ceiling-$w-r$ROUND.json"
     done
     stop_all
 }
@@ -323,7 +358,7 @@ environment() {
     echo "redis: $(redis-server --version | head -1)"
     echo "etcd: $(etcd --version 2>/dev/null | head -1)"
     echo "causalkv replicas' worker threads: ${CAUSALKV_THREADS:-cores split among replicas ($(nproc) / 3, at least 1)}"
-    echo "parameters: concurrency $CONCURRENCY, keys $KEYS, value size $VALUE_SIZE B, duration ${DURATION}s, warm-up ${WARMUP}s (causalkv bench only), workloads $WORKLOADS"
+    echo "parameters: concurrency $CONCURRENCY, keys $KEYS, value size $VALUE_SIZE B, duration ${DURATION}s, warm-up ${WARMUP}s (causalkv bench only), workloads $WORKLOADS, $ROUNDS interleaved rounds of: $SYSTEMS"
     echo "original Python/Flask system: not available on this machine, not run"
 }
 
@@ -333,13 +368,17 @@ main() {
     bench_args
     environment >"$WORK/environment.txt"
     local system
-    for system in $SYSTEMS; do
-        case "$system" in
-            causalkv) run_causalkv ;;
-            redis) run_redis ;;
-            etcd) run_etcd ;;
-            *) die "unknown system $system" ;;
-        esac
+    for ROUND in $(seq 1 "$ROUNDS"); do
+        say "round $ROUND of $ROUNDS"
+        for system in $SYSTEMS; do
+            case "$system" in
+                causalkv) run_causalkv ;;
+                redis) run_redis ;;
+                etcd) run_etcd ;;
+                ceiling) run_ceiling ;;
+                *) die "unknown system $system" ;;
+            esac
+        done
     done
     mkdir -p "$OUT/raw"
     cp "$WORK"/*.json "$OUT/raw/"

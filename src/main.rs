@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
+use causalkv::bench::ceiling::{self, CeilingArgs};
 use causalkv::bench::{self, BenchArgs};
 use causalkv::check::{self, CheckArgs};
 use causalkv::cli::{self, KeyArgs, PutArgs, ViewArgs};
@@ -70,6 +71,9 @@ enum Command {
     Check(CheckArgs),
     /// Measure throughput and latency over the HTTP contract.
     Bench(BenchArgs),
+    /// Serve one fixed JSON answer to every request, on a replica's runtime and HTTP
+    /// stack: the machine's ceiling that bench/compare.sh measures causalkv against.
+    Ceiling(CeilingArgs),
     /// Show the cluster at a glance: one row per replica, its peers' queues and lag
     /// (exit 1 when a replica is unreachable or not ready, or the views disagree).
     Status(StatusArgs),
@@ -98,7 +102,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(ServeArgs {
             worker_threads: Some(0 | 1),
             ..
-        }) => tokio::runtime::Builder::new_current_thread(),
+        })
+        | Command::Ceiling(_) => tokio::runtime::Builder::new_current_thread(),
         Command::Serve(ServeArgs {
             worker_threads: Some(threads),
             ..
@@ -138,6 +143,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Bench(args) => {
             runtime.block_on(bench::run(args))?;
+            ExitCode::SUCCESS
+        }
+        Command::Ceiling(args) => {
+            runtime
+                .block_on(ceiling::serve(args.listen, server::shutdown_signal()))
+                .with_context(|| format!("cannot serve on {}", args.listen))?;
             ExitCode::SUCCESS
         }
         Command::Status(args) => match runtime.block_on(status::run(args)) {

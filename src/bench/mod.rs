@@ -17,6 +17,7 @@
 //! target), [`load`] (the closed loop), [`stats`] and [`report`] (what is measured and
 //! shown), [`progress`] (the bar), [`compare`] and [`chart`] (comparisons), [`scale`].
 
+pub mod ceiling;
 pub mod chart;
 pub mod compare;
 pub mod driver;
