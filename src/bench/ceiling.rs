@@ -6,8 +6,8 @@
 //! `bench/compare.sh` drives three of these exactly as it drives the three replicas, with
 //! the same load generator and sessions, so that every causalkv figure is also a fraction
 //! of the fastest HTTP/JSON answer this machine gives, and the load generator's own share
-//! of the cores shows in the ceiling itself. The answer reads as a found value (GET) or a
-//! replaced one (PUT): the load generator counts both as successes.
+//! of the cores shows in the ceiling itself. The answer reads as a found value (GET), a
+//! replaced one (PUT) and a view (`GET /view`, which the load generator asks first).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 
 /// The one answer.
 const ANSWER: &str =
-    r#"{"result":"found","value":"ceiling-value-of-32-bytes-xxxx","causal-metadata":"c"}"#;
+    r#"{"result":"found","value":"ceiling-value-of-32-bytes-xxxx","causal-metadata":"c","view":[]}"#;
 
 #[derive(Args, Debug, Clone)]
 pub struct CeilingArgs {
@@ -101,6 +101,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(write.outcome, Outcome::Replaced);
+        assert!(client.view(&replica).await.is_ok());
         let _ = stop.send(());
         server.await.unwrap().unwrap();
     }
