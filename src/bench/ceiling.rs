@@ -22,8 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 /// The one answer.
-const ANSWER: &str =
-    r#"{"result":"found","value":"ceiling-value-of-32-bytes-xxxx","causal-metadata":"c","view":[]}"#;
+const ANSWER: &str = r#"{"result":"found","value":"ceiling-value-of-32-bytes-xxxx","causal-metadata":"c","view":[]}"#;
 
 #[derive(Args, Debug, Clone)]
 pub struct CeilingArgs {
