@@ -279,15 +279,23 @@ async fn docker_with_a_secret_file() {
     assert_unharmed(&deployment).await;
     // A killed replica restarts with the same secret file and catches up.
     deployment.kill(BOB).await;
-    deployment.run(BOB);
-    let bob = deployment.node(BOB);
     let meta = deployment
         .node(ALICE)
         .put("while-bob-restarted", json!(1), &Value::Null)
         .await
         .expect_result(201, "created");
+    deployment.run(BOB);
+    // Polled with requests that tolerate a container still starting.
+    until_views(&deployment.nodes(), &full_view(), within(SETTLE_TIMEOUT)).await;
+    let bob = deployment.node(BOB);
+    until_holds(
+        &bob,
+        "while-bob-restarted",
+        &json!(1),
+        within(SETTLE_TIMEOUT),
+    )
+    .await;
     get_served(&bob, "while-bob-restarted", &meta, within(SETTLE_TIMEOUT))
         .await
         .expect_found(&json!(1));
-    until_views(&deployment.nodes(), &full_view(), within(SETTLE_TIMEOUT)).await;
 }
