@@ -113,10 +113,14 @@ impl PeerClient {
         let mut request = http::Request::post(format!("{scheme}://{addr}{path}"))
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(auth::FROM, me.as_ref());
-        let keys = self.settings.trust.keyring();
-        let nonce = auth::nonce();
-        if let Some(keys) = &keys {
-            let signed = auth::sign_request(keys, "POST", path, me, now_ms(), &nonce, &bytes);
+        // With a secret: the keys, and this request's nonce, which its answer must carry.
+        let signing = self
+            .settings
+            .trust
+            .keyring()
+            .map(|keys| (keys, auth::nonce()));
+        if let Some((keys, nonce)) = &signing {
+            let signed = auth::sign_request(keys, "POST", path, me, now_ms(), nonce, &bytes);
             request = request
                 .header(auth::TIME, signed.time_ms)
                 .header(auth::NONCE, signed.nonce)
@@ -135,9 +139,9 @@ impl PeerClient {
                 .await
                 .map_err(|e| classify(&e))?
                 .to_bytes();
-            if let Some(keys) = &keys {
+            if let Some((keys, nonce)) = &signing {
                 let mac = mac.as_ref().and_then(|m| m.to_str().ok()).unwrap_or("");
-                auth::verify_answer(keys, &nonce, status.as_u16(), addr, &body, mac)
+                auth::verify_answer(keys, nonce, status.as_u16(), addr, &body, mac)
                     .map_err(|e| PeerError::Unauthenticated(e.to_string()))?;
             }
             if !status.is_success() {
