@@ -1,44 +1,19 @@
 //! causalkv: a replicated, fault-tolerant, causally consistent key-value store.
 //!
-//! The crate is layered so that the causal core never touches a socket:
+//! The crate has three layers, each a folder; a layer uses only the ones above it:
 //!
-//! * [`causal`]: write identities, vector clocks, the opaque client metadata;
-//! * [`store`], [`delivery`], [`replica`]: the state machine of one replica;
-//! * [`membership`]: the view and the failure detector, with time passed in;
-//! * [`node`], [`peer`], [`api`], [`wire`]: the server that moves messages between the
-//!   core, clients and peers;
-//! * [`config`], [`server`], [`cluster`]: the command line's `serve` and `cluster`;
-//! * [`client`], [`cli`]: a client for the contract and the `put`/`get`/`delete`/`view`
-//!   commands;
-//! * [`check`], [`bench`]: the causal checker and the load generator.
+//! * [`protocol`]: the protocol core, with no I/O: write identities and clocks, the
+//!   store, causal delivery, the replica, membership, the wire messages;
+//! * [`server`]: the driver that moves client requests and peer messages into the core
+//!   and its outputs onto sockets (`causalkv serve`);
+//! * [`tools`]: the client library, the CLI, `check`, `bench`, `status` and the local
+//!   cluster launcher.
 //!
 //! See `docs/ARCHITECTURE.md` for the data flow and the invariants.
 
-pub mod alloc;
-pub mod api;
-pub mod auth;
-pub mod bench;
-pub mod causal;
-pub mod check;
-pub mod cli;
-pub mod client;
-pub mod cluster;
-pub mod config;
-pub mod delivery;
-pub mod listener;
-pub mod membership;
-pub mod metrics;
-pub mod node;
-pub mod peer;
-pub mod replica;
+pub mod protocol;
 pub mod server;
-pub mod status;
-pub mod store;
-pub mod tls;
-pub mod trust;
-pub mod varint;
-pub mod wallclock;
-pub mod wire;
+pub mod tools;
 
 /// An error and its causes, in one line.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

@@ -11,14 +11,14 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use causalkv::bench::ceiling::{self, CeilingArgs};
-use causalkv::bench::{self, BenchArgs};
-use causalkv::check::{self, CheckArgs};
-use causalkv::cli::{self, KeyArgs, PutArgs, ViewArgs};
-use causalkv::cluster::{self, ClusterArgs};
-use causalkv::config::ServeArgs;
 use causalkv::server;
-use causalkv::status::{self, StatusArgs};
+use causalkv::server::config::ServeArgs;
+use causalkv::tools::bench::ceiling::{self, CeilingArgs};
+use causalkv::tools::bench::{self, BenchArgs};
+use causalkv::tools::check::{self, CheckArgs};
+use causalkv::tools::cli::{self, KeyArgs, PutArgs, ViewArgs};
+use causalkv::tools::cluster::{self, ClusterArgs};
+use causalkv::tools::status::{self, StatusArgs};
 
 /// mimalloc: per-thread free lists suit a server that allocates many small, short-lived
 /// buffers per request on several threads (measured in bench/compare.sh).

@@ -6,9 +6,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use causalkv::bench::compare::Summary;
-use causalkv::bench::report::Report;
-use causalkv::bench::scale::ScaleReport;
+use causalkv::tools::bench::compare::Summary;
+use causalkv::tools::bench::report::Report;
+use causalkv::tools::bench::scale::ScaleReport;
 use common::TestCluster;
 
 /// Runs `causalkv bench ARGS` to completion.

@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Stdio;
 
-use causalkv::check::history::History;
+use causalkv::tools::check::history::History;
 use common::TestCluster;
 
 #[tokio::test(flavor = "multi_thread")]

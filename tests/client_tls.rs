@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use causalkv::client::{Client, ClientError, Metadata, Outcome};
-use causalkv::tls::TlsError;
+use causalkv::server::tls::TlsError;
+use causalkv::tools::client::{Client, ClientError, Metadata, Outcome};
 use common::pki::Pki;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};

@@ -20,9 +20,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use causalkv::auth::{self, Keyring};
-use causalkv::wallclock::now_ms;
-use causalkv::wire;
+use causalkv::protocol::wire;
+use causalkv::server::auth::{self, Keyring};
+use causalkv::server::wallclock::now_ms;
 use common::docker::{ALICE, BOB, CAROL, Deployment, addr, full_view, get_served, until_holds};
 use common::until_views;
 use common::{CONTRACT_HEAL, ERR_CAUSAL, SETTLE_TIMEOUT, within};

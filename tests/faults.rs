@@ -32,11 +32,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use causalkv::check::checker::{self, Violation};
-use causalkv::check::history::{History, Status};
-use causalkv::check::settle::{self, FinalState};
-use causalkv::check::workload::{self, SplitMix64, WorkloadConfig};
-use causalkv::client::{Client, Metadata};
+use causalkv::tools::check::checker::{self, Violation};
+use causalkv::tools::check::history::{History, Status};
+use causalkv::tools::check::settle::{self, FinalState};
+use causalkv::tools::check::workload::{self, SplitMix64, WorkloadConfig};
+use causalkv::tools::client::{Client, Metadata};
 use common::docker::{
     ALICE, BOB, CAROL, Contents, Deployment, NAMES, REPLICAS, bulk_client, check_views, full_view,
     get_served, read_contents, until_holds, view_of,

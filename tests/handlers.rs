@@ -19,15 +19,15 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::HeaderValue;
 use axum::http::{Method, Request, StatusCode, header};
-use causalkv::api::Remote;
-use causalkv::auth::{self, Keyring, Signed};
-use causalkv::causal::{Clock, Dot, Incarnation, metadata};
-use causalkv::config::{Config, ServeArgs};
-use causalkv::delivery::Write;
-use causalkv::node::Node;
-use causalkv::store::Entry;
-use causalkv::wallclock::now_ms;
-use causalkv::wire::{self, Heartbeat, Replicate, SyncRequest, ViewChange, ViewOp};
+use causalkv::protocol::causal::{Clock, Dot, Incarnation, metadata};
+use causalkv::protocol::delivery::Write;
+use causalkv::protocol::store::Entry;
+use causalkv::protocol::wire::{self, Heartbeat, Replicate, SyncRequest, ViewChange, ViewOp};
+use causalkv::server::api::Remote;
+use causalkv::server::auth::{self, Keyring, Signed};
+use causalkv::server::config::{Config, ServeArgs};
+use causalkv::server::node::Node;
+use causalkv::server::wallclock::now_ms;
 use clap::Parser;
 use http_body_util::BodyExt;
 use proptest::prelude::*;
@@ -157,11 +157,11 @@ impl Replica {
             .expect("a tokio runtime");
         let node = rt.block_on(async {
             let node = Node::new(config).expect("a node");
-            causalkv::node::start(&node);
+            causalkv::server::node::start(&node);
             wait_until_ready(&node).await;
             node
         });
-        let app = causalkv::api::router(node);
+        let app = causalkv::server::api::router(node);
         Replica {
             rt,
             app,

@@ -19,10 +19,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use causalkv::auth::{self, Keyring};
-use causalkv::client::{Client, Metadata};
-use causalkv::wallclock::now_ms;
-use causalkv::wire;
+use causalkv::protocol::wire;
+use causalkv::server::auth::{self, Keyring};
+use causalkv::server::wallclock::now_ms;
+use causalkv::tools::client::{Client, Metadata};
 use common::pki::Pki;
 use common::{
     Node, READY_TIMEOUT, SETTLE_TIMEOUT, Session, TestCluster, poll_until, until_views, within,
@@ -412,7 +412,7 @@ async fn tls_from_client_to_replica_and_between_replicas() {
             .expect("a read over TLS");
         assert_eq!(
             read.outcome,
-            causalkv::client::Outcome::Found(json!("secret value"))
+            causalkv::tools::client::Outcome::Found(json!("secret value"))
         );
     }
     // Plain HTTP to a TLS replica gets no answer.

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use causalkv::client::Client;
+use causalkv::tools::client::Client;
 use reqwest::Method;
 use serde_json::Value;
 use tokio::sync::{Mutex, MutexGuard};

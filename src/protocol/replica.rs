@@ -1,0 +1,610 @@
+//! The replica state machine: clock, store and delivery buffer behind one small API.
+//!
+//! This is the causal core. It does no I/O and knows no time: the server calls it under a
+//! short-lived lock and moves its outputs (writes to replicate, deltas to send) over the
+//! network. Its invariants:
+//!
+//! * **Causally closed state.** `clock` covers exactly the writes whose effects `store`
+//!   holds (a write overwritten by a later one counts as held). Local writes, delivered
+//!   writes and merged deltas all preserve this.
+//! * **Causal delivery.** A replicated write is applied only when the buffer says it is
+//!   deliverable (see `delivery`).
+//! * **Fresh identities.** A replica writes only after [`Replica::start_incarnation`], which
+//!   picks an epoch above every epoch of its address that it has heard of, so no write of
+//!   an earlier life of the same address is ever named again.
+//! * **Lamport times.** `lamport` is at least the time of every write applied here, so a
+//!   local write is stamped above everything in its causal past.
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::causal::limits::MAX_COUNTER;
+use crate::protocol::causal::{Addr, Clock, Dot, Incarnation, Limits};
+use crate::protocol::delivery::{DeliveryBuffer, Offer, Write};
+use crate::protocol::store::{Entry, Key, Read, Store, Value};
+
+/// Errors of the causal core.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CoreError {
+    #[error("this replica has not finished bootstrapping")]
+    NotReady,
+    #[error("this replica's Lamport time is at the ceiling its peers accept; try again later")]
+    ClockAhead,
+}
+
+/// A write made at this replica, ready to be answered and replicated.
+#[derive(Debug)]
+pub struct LocalWrite {
+    /// Whether the key held a value before (`replaced` rather than `created`).
+    pub existed: bool,
+    pub write: Write,
+    /// The metadata to return to the client.
+    pub metadata: Clock,
+}
+
+/// What became of a batch of replicated writes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Received {
+    pub applied: usize,
+    pub duplicates: usize,
+    pub buffered: usize,
+    pub refused: usize,
+}
+
+/// What one replica sends another so that it catches up: the sender's clock and the
+/// entries the receiver's clock misses, in key order, possibly one chunk of them.
+///
+/// A catch-up in chunks keeps the clock of the *first* chunk and merges it after the last:
+/// every write that clock covers was applied at the sender when the first chunk was made,
+/// so every later chunk still holds it or something that beats it. Entries applied before
+/// the clock is merged are ahead of the receiver's clock, which is safe: a read returns
+/// metadata naming the write it read, so anything causally after it waits for the clock.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Delta {
+    pub clock: Clock,
+    pub entries: Vec<(Key, Entry)>,
+    /// The key to continue after, when more chunks follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<Key>,
+}
+
+#[derive(Debug)]
+pub struct Replica {
+    addr: Addr,
+    me: Option<Incarnation>,
+    lamport: u64,
+    clock: Clock,
+    store: Store,
+    buffer: DeliveryBuffer,
+}
+
+impl Replica {
+    pub fn new(addr: Addr, buffer_capacity: usize) -> Self {
+        Replica {
+            addr,
+            me: None,
+            lamport: 0,
+            clock: Clock::new(),
+            store: Store::new(),
+            buffer: DeliveryBuffer::new(buffer_capacity),
+        }
+    }
+
+    pub fn addr(&self) -> &Addr {
+        &self.addr
+    }
+
+    /// This life's identity, once bootstrapped.
+    pub fn incarnation(&self) -> Option<&Incarnation> {
+        self.me.as_ref()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.me.is_some()
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Housekeeping for an idle moment (see [`Store::maintain`]); returns whether the
+    /// store packed recent writes.
+    pub fn maintain(&mut self) -> bool {
+        self.store.maintain()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Ends bootstrap: picks this life's epoch, above `not_before` (the wall clock in
+    /// microseconds, which orders lives even when no peer remembers the last one) and above
+    /// every epoch of this address in the clock.
+    pub fn start_incarnation(&mut self, not_before: u64) -> &Incarnation {
+        let known = self
+            .clock
+            .max_epoch_of(&self.addr)
+            .map_or(0, |e| e.saturating_add(1));
+        let inc = Incarnation::new(self.addr.clone(), not_before.max(known));
+        self.me.insert(inc)
+    }
+
+    /// True when every write that `deps` names is applied here.
+    pub fn satisfies(&self, deps: &Clock) -> bool {
+        self.is_ready() && self.clock.covers_clock(deps)
+    }
+
+    pub fn read(&self, key: &str) -> Read<'_> {
+        self.store.read(key)
+    }
+
+    /// Makes a local write (`value: None` deletes). The caller has checked `satisfies(deps)`.
+    /// The write is checked against `limits` as the peers will check it, so that this
+    /// replica never makes a write they refuse.
+    pub fn write(
+        &mut self,
+        key: Key,
+        value: Option<Value>,
+        deps: &Clock,
+        limits: &Limits,
+    ) -> Result<LocalWrite, CoreError> {
+        let inc = self.me.clone().ok_or(CoreError::NotReady)?;
+        let dot = Dot {
+            seq: self.clock.get(&inc).saturating_add(1),
+            inc,
+        };
+        let lamport = self.lamport.saturating_add(1);
+        if lamport > limits.max_lamport || dot.seq > MAX_COUNTER {
+            return Err(CoreError::ClockAhead);
+        }
+        self.lamport = lamport;
+        let entry = Entry {
+            value,
+            lamport: self.lamport,
+            dot: dot.clone(),
+        };
+        let existed = self.store.contains(&key);
+        self.store.apply(key.clone(), entry.clone());
+        self.clock.advance(&dot);
+        let deps = deps.without_retired(&self.clock);
+        let mut metadata = deps.clone();
+        metadata.advance(&dot);
+        Ok(LocalWrite {
+            existed,
+            write: Write { key, entry, deps },
+            metadata,
+        })
+    }
+
+    /// The metadata answering a request that carried `deps` and saw the write `dot`:
+    /// covers both, without entries that every member already has retired.
+    pub fn metadata_with(&self, deps: &Clock, dot: Option<&Dot>) -> Clock {
+        let mut metadata = deps.without_retired(&self.clock);
+        if let Some(dot) = dot {
+            metadata.advance(dot);
+        }
+        metadata
+    }
+
+    /// Takes writes replicated from a peer, applying each as soon as it is deliverable.
+    pub fn receive(&mut self, writes: impl IntoIterator<Item = Write>) -> Received {
+        let mut received = Received::default();
+        for write in writes {
+            if self.me.as_ref() == Some(&write.entry.dot.inc) {
+                // Only this process makes writes of its own incarnation; a peer cannot.
+                received.refused += 1;
+                continue;
+            }
+            match self.buffer.offer(write, &self.clock) {
+                Offer::Duplicate => received.duplicates += 1,
+                Offer::Buffered => received.buffered += 1,
+                Offer::Full => received.refused += 1,
+            }
+        }
+        let applied = self.release_deliverable();
+        received.buffered -= applied.min(received.buffered);
+        received.applied = applied;
+        received
+    }
+
+    fn release_deliverable(&mut self) -> usize {
+        let released = self.buffer.release(&mut self.clock);
+        let count = released.len();
+        for write in released {
+            self.apply_entry(write.key, write.entry);
+        }
+        count
+    }
+
+    fn apply_entry(&mut self, key: Key, entry: Entry) {
+        self.lamport = self.lamport.max(entry.lamport);
+        self.store.apply(key, entry);
+    }
+
+    /// What a replica at `their` clock misses from this one: all of it.
+    pub fn delta_for(&self, their: &Clock) -> Delta {
+        self.delta_chunk(their, None, usize::MAX)
+    }
+
+    /// One chunk of what a replica at `their` clock misses, keys after `after`, values up
+    /// to about `max_bytes`.
+    pub fn delta_chunk(&self, their: &Clock, after: Option<&str>, max_bytes: usize) -> Delta {
+        let (entries, next) = self.store.missing_from(their, after, max_bytes);
+        Delta {
+            clock: self.clock.clone(),
+            entries,
+            next,
+        }
+    }
+
+    /// Merges a whole delta (entries, then clock). Returns how many entries changed.
+    pub fn merge(&mut self, delta: Delta) -> usize {
+        self.merge_entries(delta.entries) + self.merge_clock(&delta.clock)
+    }
+
+    /// Applies the entries of a delta chunk; the clock follows with `merge_clock`.
+    /// Entries claiming writes of this incarnation that it never made are dropped.
+    pub fn merge_entries(&mut self, entries: Vec<(Key, Entry)>) -> usize {
+        let mut changed = 0;
+        for (key, entry) in entries {
+            if self.me.as_ref() == Some(&entry.dot.inc) && !self.clock.covers(&entry.dot) {
+                continue;
+            }
+            self.lamport = self.lamport.max(entry.lamport);
+            changed += usize::from(self.store.apply(key, entry));
+        }
+        changed
+    }
+
+    /// Merges the clock of a delta whose entries are all applied, then applies whatever
+    /// buffered writes that unblocked; returns how many.
+    /// A peer's clock never advances or retires this replica's own entry.
+    pub fn merge_clock(&mut self, clock: &Clock) -> usize {
+        match &self.me {
+            Some(me) => self.clock.merge_except(clock, me),
+            None => self.clock.merge(clock),
+        }
+        self.release_deliverable()
+    }
+
+    /// Retires every incarnation of `addr` below `floor` (see `Clock::raise_floor`).
+    pub fn retire(&mut self, addr: &Addr, floor: u64) {
+        self.clock.raise_floor(addr, floor);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::store::tests::value;
+    use proptest::prelude::*;
+
+    fn ready(addr: &str, epoch: u64) -> Replica {
+        let mut r = Replica::new(addr.into(), 1000);
+        r.start_incarnation(epoch);
+        r
+    }
+
+    fn put(r: &mut Replica, key: &str, v: &str, deps: &Clock) -> LocalWrite {
+        r.write(key.into(), Some(value(v)), deps, &Limits::loose())
+            .unwrap()
+    }
+
+    fn value_of(r: &Replica, key: &str) -> Option<String> {
+        match r.read(key) {
+            Read::Found { value, .. } => Some(value.to_json()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_replica_cannot_write_before_bootstrap() {
+        let mut r = Replica::new("a".into(), 10);
+        assert_eq!(
+            r.write(
+                "k".into(),
+                Some(value("1")),
+                &Clock::new(),
+                &Limits::loose()
+            )
+            .unwrap_err(),
+            CoreError::NotReady
+        );
+        assert!(!r.satisfies(&Clock::new()));
+    }
+
+    #[test]
+    fn local_writes_report_created_then_replaced() {
+        let mut r = ready("a", 1);
+        assert!(!put(&mut r, "k", "1", &Clock::new()).existed);
+        assert!(put(&mut r, "k", "2", &Clock::new()).existed);
+        assert_eq!(value_of(&r, "k").as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn metadata_covers_request_and_write() {
+        let mut a = ready("a", 1);
+        let m1 = put(&mut a, "x", "1", &Clock::new()).metadata;
+        let b = ready("b", 1);
+        let m2 = b.metadata_with(&m1, None);
+        assert!(m2.covers_clock(&m1));
+        assert!(!b.satisfies(&m1), "b has not applied a's write");
+    }
+
+    #[test]
+    fn a_dependent_write_waits_for_its_dependency() {
+        let mut a = ready("a", 1);
+        let mut b = ready("b", 1);
+        let mut c = ready("c", 1);
+        let wx = put(&mut a, "x", "1", &Clock::new());
+        b.receive([wx.write.clone()]);
+        let wy = put(&mut b, "y", "2", &wx.metadata);
+        let got = c.receive([wy.write]);
+        assert_eq!(got.buffered, 1);
+        assert_eq!(value_of(&c, "y"), None, "y must wait for x");
+        let got = c.receive([wx.write]);
+        assert_eq!(got.applied, 2);
+        assert_eq!(value_of(&c, "y").as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn a_causally_later_write_wins_even_from_a_smaller_incarnation() {
+        let mut z = ready("z", 1);
+        let mut a = ready("a", 1);
+        let first = put(&mut z, "k", "\"z\"", &Clock::new());
+        a.receive([first.write]);
+        let second = put(&mut a, "k", "\"a\"", &first.metadata);
+        z.receive([second.write]);
+        assert_eq!(value_of(&z, "k").as_deref(), Some("\"a\""));
+    }
+
+    #[test]
+    fn a_restarted_replica_never_reuses_an_old_identity() {
+        let mut old = ready("a", 100);
+        let mut b = ready("b", 1);
+        let w = put(&mut old, "k", "1", &Clock::new());
+        b.receive([w.write.clone()]);
+        // Restarted with a wall clock that went backwards: the peer's clock wins.
+        let mut new = Replica::new("a".into(), 10);
+        new.merge(b.delta_for(new.clock()));
+        let inc = new.start_incarnation(5).clone();
+        assert!(inc.epoch > 100);
+        let w2 = put(&mut new, "k2", "2", &w.metadata);
+        assert_ne!(w2.write.entry.dot, w.write.entry.dot);
+        assert!(!b.clock().covers(&w2.write.entry.dot));
+    }
+
+    #[test]
+    fn a_lamport_time_at_the_ceiling_leaves_writes_possible() {
+        let now = 1_800_000_000_000_000;
+        let mut a = ready("a", 1);
+        let mut peer = ready("p", 1);
+        let mut w = put(&mut peer, "k", "1", &Clock::new()).write;
+        w.entry.lamport = now;
+        assert!(w.entry.validate(&Limits::at(now)).is_ok());
+        assert!(w.entry.validate(&Limits::at(now - 1)).is_err());
+        assert_eq!(a.receive([w]).applied, 1);
+        // At the same instant the next write would be above what peers accept: refused
+        // here rather than made and then refused by every peer.
+        let at_now = a.write(
+            "x".into(),
+            Some(value("2")),
+            &Clock::new(),
+            &Limits::at(now),
+        );
+        assert_eq!(at_now.unwrap_err(), CoreError::ClockAhead);
+        // A microsecond later it passes the peers' check.
+        let later = Limits::at(now + 1);
+        let mine = a
+            .write("after".into(), Some(value("2")), &Clock::new(), &later)
+            .unwrap();
+        assert_eq!(mine.write.entry.lamport, now + 1);
+        assert!(mine.write.entry.validate(&later).is_ok());
+    }
+
+    #[test]
+    fn a_peer_cannot_raise_or_retire_this_replicas_own_entry() {
+        let mut a = ready("a", 5);
+        let first = put(&mut a, "k", "1", &Clock::new());
+        let me = first.write.entry.dot.inc.clone();
+        let mut forged = Clock::from_entries([(me.clone(), 1 << 40)]);
+        forged.raise_floor(&me.addr, me.epoch + 10);
+        a.merge_clock(&forged);
+        assert_eq!(a.clock().get(&me), 1, "own entry untouched");
+        let forged_entry = Entry {
+            value: Some(value("3")),
+            lamport: 3,
+            dot: Dot {
+                inc: me.clone(),
+                seq: 7,
+            },
+        };
+        assert_eq!(a.merge_entries(vec![("forged".into(), forged_entry)]), 0);
+        let second = put(&mut a, "k", "2", &first.metadata);
+        assert_eq!(second.write.entry.dot.seq, 2, "the counter keeps advancing");
+        assert_eq!(value_of(&a, "forged"), None);
+    }
+
+    #[test]
+    fn a_peer_cannot_forge_writes_of_this_incarnation() {
+        let mut a = ready("a", 1);
+        let mut twin = ready("a", 1);
+        let forged = put(&mut twin, "k", "1", &Clock::new()).write;
+        assert_eq!(a.receive([forged]).refused, 1);
+        assert!(matches!(a.read("k"), Read::Missing));
+    }
+
+    #[test]
+    fn a_delta_brings_a_replica_up_to_date() {
+        let mut a = ready("a", 1);
+        put(&mut a, "x", "1", &Clock::new());
+        put(&mut a, "x", "2", &Clock::new());
+        a.write("gone".into(), None, &Clock::new(), &Limits::loose())
+            .unwrap();
+        let mut fresh = Replica::new("b".into(), 10);
+        let delta = a.delta_for(fresh.clock());
+        assert_eq!(delta.entries.len(), 2, "one entry per key, not per write");
+        fresh.merge(delta);
+        assert_eq!(value_of(&fresh, "x").as_deref(), Some("2"));
+        assert!(matches!(fresh.read("gone"), Read::Deleted { .. }));
+        assert_eq!(fresh.clock(), a.clock());
+        assert!(a.delta_for(fresh.clock()).entries.is_empty());
+    }
+
+    #[test]
+    fn a_delta_in_chunks_equals_a_whole_delta() {
+        let mut a = ready("a", 1);
+        for i in 0..20 {
+            put(&mut a, &format!("k{i:02}"), &i.to_string(), &Clock::new());
+        }
+        let mut chunked = Replica::new("b".into(), 10);
+        let start = chunked.clock().clone();
+        let first = a.delta_chunk(&start, None, 8);
+        let first_clock = first.clock.clone();
+        let mut next = first.next.clone();
+        chunked.merge_entries(first.entries);
+        // A write in the middle of the transfer, to a key already sent.
+        put(&mut a, "k00", "\"late\"", &Clock::new());
+        while let Some(after) = next {
+            let chunk = a.delta_chunk(&start, Some(&after), 8);
+            next = chunk.next.clone();
+            chunked.merge_entries(chunk.entries);
+        }
+        chunked.merge_clock(&first_clock);
+        assert_eq!(chunked.store().live_keys(), 20);
+        assert!(
+            !chunked
+                .clock()
+                .covers(&crate::protocol::causal::clock::tests::dot("a", 1, 21))
+        );
+        chunked.merge(a.delta_for(chunked.clock()));
+        assert_eq!(value_of(&chunked, "k00").as_deref(), Some("\"late\""));
+        assert_eq!(chunked.clock(), a.clock());
+    }
+
+    #[test]
+    fn a_merge_releases_buffered_writes() {
+        let mut a = ready("a", 1);
+        let mut b = ready("b", 1);
+        let w1 = put(&mut a, "x", "1", &Clock::new());
+        let w2 = put(&mut a, "x", "2", &w1.metadata);
+        let w3 = put(&mut a, "x", "3", &w2.metadata);
+        b.receive([w3.write]);
+        assert_eq!(b.buffered(), 1);
+        let mut c = ready("c", 1);
+        c.receive([w1.write, w2.write]);
+        b.merge(c.delta_for(b.clock()));
+        assert_eq!(b.buffered(), 0);
+        assert_eq!(value_of(&b, "x").as_deref(), Some("3"));
+    }
+
+    /// One step of a random three-replica history.
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// Replica `r` writes `key` as a client that last talked to replica `seen`.
+        Write {
+            r: usize,
+            key: u8,
+            delete: bool,
+            seen: usize,
+        },
+        /// Replica `to` receives everything `from` made so far.
+        Deliver { from: usize, to: usize },
+    }
+
+    fn arb_step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0..3usize, 0..4u8, any::<bool>(), 0..3usize).prop_map(|(r, key, delete, seen)| {
+                Step::Write {
+                    r,
+                    key,
+                    delete,
+                    seen,
+                }
+            }),
+            (0..3usize, 0..3usize).prop_map(|(from, to)| Step::Deliver { from, to }),
+        ]
+    }
+
+    /// Runs a history; returns the replicas and every write made.
+    fn run(steps: &[Step]) -> (Vec<Replica>, Vec<Write>) {
+        let mut replicas: Vec<Replica> = ["a", "b", "c"].iter().map(|n| ready(n, 1)).collect();
+        let mut sessions = vec![Clock::new(); 3];
+        let mut made: Vec<Vec<Write>> = vec![Vec::new(); 3];
+        for (i, step) in steps.iter().enumerate() {
+            match *step {
+                Step::Write {
+                    r,
+                    key,
+                    delete,
+                    seen,
+                } => {
+                    let deps = sessions[seen].clone();
+                    if !replicas[r].satisfies(&deps) {
+                        continue;
+                    }
+                    let v = (!delete).then(|| value(&i.to_string()));
+                    let w = replicas[r]
+                        .write(key.to_string().into(), v, &deps, &Limits::loose())
+                        .unwrap();
+                    sessions[seen] = w.metadata;
+                    made[r].push(w.write);
+                }
+                Step::Deliver { from, to } if from != to => {
+                    let writes = made[from].clone();
+                    replicas[to].receive(writes);
+                }
+                Step::Deliver { .. } => {}
+            }
+        }
+        (replicas, made.into_iter().flatten().collect())
+    }
+
+    fn snapshot(r: &Replica) -> Vec<(String, Option<String>, u64)> {
+        let mut all: Vec<_> = r
+            .store()
+            .iter()
+            .map(|(k, e)| {
+                (
+                    k.to_string(),
+                    e.value.as_ref().map(|v| v.get().to_string()),
+                    e.lamport,
+                )
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
+    proptest! {
+        #[test]
+        fn any_delivery_order_gives_the_same_store(
+            steps in prop::collection::vec(arb_step(), 1..40),
+            seed in any::<u64>(),
+        ) {
+            let (replicas, mut writes) = run(&steps);
+            // Full exchange by replication: every replica receives every write.
+            let mut by_replication: Vec<Replica> = ["x", "y"].iter().map(|n| ready(n, 1)).collect();
+            by_replication[0].receive(writes.clone());
+            // Another order: a seeded shuffle.
+            let mut state = seed | 1;
+            for i in (1..writes.len()).rev() {
+                state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+                writes.swap(i, (state % (i as u64 + 1)) as usize);
+            }
+            by_replication[1].receive(writes);
+            prop_assert_eq!(by_replication[0].buffered(), 0);
+            prop_assert_eq!(snapshot(&by_replication[0]), snapshot(&by_replication[1]));
+            // Full exchange by anti-entropy deltas gives the same store again.
+            let mut merged = ready("z", 1);
+            for r in &replicas {
+                merged.merge(r.delta_for(merged.clock()));
+            }
+            prop_assert_eq!(snapshot(&merged), snapshot(&by_replication[0]));
+            prop_assert_eq!(merged.clock(), by_replication[0].clock());
+        }
+    }
+}

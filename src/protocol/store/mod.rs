@@ -1,0 +1,410 @@
+//! The replicated key-value state: one last-writer-wins register per key.
+//!
+//! # Convergence rule
+//!
+//! Every write carries a version: its Lamport time, then its incarnation as a tie-break.
+//! A replica keeps, per key, the write with the highest version it has applied, deletes
+//! included (as tombstones). Applying is therefore a join: commutative, associative and
+//! idempotent, so replicas that applied the same set of writes, in any order, hold the
+//! same store. A write that causally follows another was made at a replica that had
+//! applied the other, and its Lamport time is above every time that replica has seen, so
+//! it always wins.
+//!
+//! # Tombstones
+//!
+//! A delete is kept as a tombstone so that a late, older write cannot bring the key back.
+//! Tombstones are not collected yet (see docs/ARCHITECTURE.md).
+
+mod incarnations;
+mod record;
+mod segment;
+mod slab;
+mod table;
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::protocol::causal::limits::MAX_COUNTER;
+use crate::protocol::causal::{Clock, Dot, Incarnation, Limits};
+use incarnations::Incarnations;
+pub use record::Text;
+use record::Version;
+use table::{RecordRef, Table};
+
+/// What an entry is counted as in a catch-up chunk beyond its key and value: its version
+/// and framing, and the allocations it takes on both sides while in flight. It keeps a
+/// chunk of many small entries as light as one of a few large values.
+pub const ENTRY_OVERHEAD_BYTES: usize = 256;
+
+/// A key, at most 50 characters (checked by the API).
+pub type Key = Arc<str>;
+
+/// A JSON value other than `null`, kept as its serialized text.
+pub type Value = Arc<RawValue>;
+
+/// A write as replicas exchange it: the value it wrote and its version.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Entry {
+    /// `None` is a tombstone.
+    pub value: Option<Value>,
+    pub lamport: u64,
+    pub dot: Dot,
+}
+
+impl Entry {
+    /// Why an entry received from a peer is malformed under `limits`, if it is.
+    pub fn validate(&self, limits: &Limits) -> Result<(), String> {
+        if self.lamport > limits.max_lamport {
+            return Err(format!(
+                "Lamport time {} is above this replica's ceiling {}",
+                self.lamport, limits.max_lamport
+            ));
+        }
+        if self.dot.seq == 0 || self.dot.seq > MAX_COUNTER {
+            return Err(format!("sequence number {} is out of range", self.dot.seq));
+        }
+        if self.dot.inc.epoch > limits.max_epoch {
+            return Err(format!(
+                "epoch {} is too far ahead of this replica's clock",
+                self.dot.inc.epoch
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The result of a read.
+#[derive(Clone, Debug)]
+pub enum Read<'a> {
+    Found {
+        value: Text<'a>,
+        dot: Dot,
+    },
+    /// The key was deleted by the write `dot`.
+    Deleted {
+        dot: Dot,
+    },
+    Missing,
+}
+
+/// Every key's winning write, as compact records in key order.
+///
+/// Ordered so that catch-up can be sent in chunks with a key as cursor. At rest a key
+/// costs its record: the key's bytes beyond the previous key's, the value's JSON text and
+/// about ten bytes of version, packed in segments (see `table` and docs/ARCHITECTURE.md,
+/// "Memory").
+#[derive(Debug, Default)]
+pub struct Store {
+    records: Table,
+    incarnations: Incarnations,
+    live: usize,
+}
+
+impl Store {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of keys holding a value (tombstones excluded).
+    pub fn live_keys(&self) -> usize {
+        self.live
+    }
+
+    /// Bytes of keys and values as the store holds them (see `Table::bytes`).
+    pub fn bytes(&self) -> usize {
+        self.records.bytes()
+    }
+
+    pub fn read(&self, key: &str) -> Read<'_> {
+        let Some(record) = self.records.get(key.as_bytes()) else {
+            return Read::Missing;
+        };
+        let dot = self.dot(&record.version);
+        match record.value.is_empty() {
+            false => Read::Found {
+                value: record.value,
+                dot,
+            },
+            true => Read::Deleted { dot },
+        }
+    }
+
+    /// Housekeeping for an idle moment: packs recent writes (see `table`); returns whether
+    /// it did. Cheap when there is nothing to do.
+    pub fn maintain(&mut self) -> bool {
+        self.records.maintain()
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        matches!(self.read(key), Read::Found { .. })
+    }
+
+    fn dot(&self, version: &Version) -> Dot {
+        Dot {
+            inc: self.incarnations.get(version.incarnation).clone(),
+            seq: version.seq,
+        }
+    }
+
+    /// True when `entry`'s version, `(Lamport time, incarnation)`, is above `held`.
+    fn beats(&self, entry: &Entry, held: &Version) -> bool {
+        let held_inc: &Incarnation = self.incarnations.get(held.incarnation);
+        (entry.lamport, &entry.dot.inc) > (held.lamport, held_inc)
+    }
+
+    /// Keeps `entry` for `key` if it beats what is there. Returns whether it was kept.
+    pub fn apply(&mut self, key: Key, entry: Entry) -> bool {
+        let was_live = match self.records.get(key.as_bytes()) {
+            Some(held) if !self.beats(&entry, &held.version) => return false,
+            Some(held) => !held.value.is_empty(),
+            None => false,
+        };
+        let version = Version {
+            lamport: entry.lamport,
+            incarnation: self.incarnations.intern(&entry.dot.inc),
+            seq: entry.dot.seq,
+        };
+        let text = entry.value.as_deref().map_or("", RawValue::get);
+        self.records
+            .upsert(key.as_bytes(), version, text.as_bytes());
+        let is_live = entry.value.is_some();
+        self.live = self.live + usize::from(is_live) - usize::from(was_live);
+        true
+    }
+
+    /// The entries whose write `clock` does not include (what a replica at `clock` misses;
+    /// the entries it does include it already holds, or something that beats them), in key
+    /// order after `after`, until their [sizes](ENTRY_OVERHEAD_BYTES) reach `max_bytes`.
+    /// Returns them and the key to continue after, `None` when the scan is complete.
+    pub fn missing_from(
+        &self,
+        clock: &Clock,
+        after: Option<&str>,
+        max_bytes: usize,
+    ) -> (Vec<(Key, Entry)>, Option<Key>) {
+        let covered = self.covered_by(clock);
+        let mut found = Vec::new();
+        let mut bytes = 0;
+        let mut next = None;
+        let _ = self
+            .records
+            .visit_after(after.map(str::as_bytes), |key, record| {
+                let version = record.version;
+                if version.seq <= covered[version.incarnation as usize] {
+                    return ControlFlow::Continue(());
+                }
+                if bytes >= max_bytes {
+                    next = found.last().map(|(k, _): &(Key, Entry)| k.clone());
+                    return ControlFlow::Break(());
+                }
+                bytes += key.len() + record.value.len() + ENTRY_OVERHEAD_BYTES;
+                found.push(self.entry_of(key, &record));
+                ControlFlow::Continue(())
+            });
+        (found, next)
+    }
+
+    /// Per incarnation id, the highest sequence number `clock` covers.
+    fn covered_by(&self, clock: &Clock) -> Vec<u64> {
+        (0..self.incarnations.len() as u32)
+            .map(|id| {
+                let inc = self.incarnations.get(id);
+                match clock.is_retired(inc) {
+                    true => u64::MAX,
+                    false => clock.get(inc),
+                }
+            })
+            .collect()
+    }
+
+    /// A record as replicas exchange it.
+    fn entry_of(&self, key: &[u8], record: &RecordRef<'_>) -> (Key, Entry) {
+        let entry = Entry {
+            // Stored text was valid JSON when it was stored; it cannot fail to parse.
+            value: (!record.value.is_empty())
+                .then(|| RawValue::from_string(record.value.to_json()).ok())
+                .flatten()
+                .map(Value::from),
+            lamport: record.version.lamport,
+            dot: self.dot(&record.version),
+        };
+        (Key::from(String::from_utf8_lossy(key)), entry)
+    }
+
+    /// All entries, for comparing replicas in tests and tools.
+    pub fn iter(&self) -> impl Iterator<Item = (Key, Entry)> + '_ {
+        let mut all = Vec::new();
+        let _ = self.records.visit_after(None, |key, record| {
+            all.push(self.entry_of(key, &record));
+            ControlFlow::Continue(())
+        });
+        all.into_iter()
+    }
+}
+
+/// Parses JSON text into a stored value; `None` for `null`.
+pub fn value_from_json(text: &str) -> Result<Option<Value>, serde_json::Error> {
+    let raw: Box<RawValue> = serde_json::from_str(text)?;
+    Ok((raw.get().trim() != "null").then(|| Value::from(raw)))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::protocol::causal::Clock;
+    use crate::protocol::causal::clock::tests::dot;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    pub fn value(text: &str) -> Value {
+        value_from_json(text).unwrap().unwrap()
+    }
+
+    pub fn entry(text: Option<&str>, lamport: u64, origin: &str, seq: u64) -> Entry {
+        Entry {
+            value: text.map(value),
+            lamport,
+            dot: dot(origin, 1, seq),
+        }
+    }
+
+    #[test]
+    fn higher_lamport_wins_in_any_order() {
+        let older = entry(Some("1"), 1, "a", 1);
+        let newer = entry(Some("2"), 2, "b", 1);
+        for order in [[&older, &newer], [&newer, &older]] {
+            let mut store = Store::new();
+            for e in order {
+                store.apply("k".into(), e.clone());
+            }
+            assert!(matches!(store.read("k"), Read::Found { value, .. } if value.to_json() == "2"));
+        }
+    }
+
+    #[test]
+    fn equal_lamport_ties_break_by_incarnation() {
+        let from_a = entry(Some("\"a\""), 5, "a", 1);
+        let from_b = entry(Some("\"b\""), 5, "b", 1);
+        let mut one = Store::new();
+        one.apply("k".into(), from_a.clone());
+        one.apply("k".into(), from_b.clone());
+        let mut two = Store::new();
+        two.apply("k".into(), from_b);
+        two.apply("k".into(), from_a);
+        let winner = |s: &Store| match s.read("k") {
+            Read::Found { value, .. } => value.to_json(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(winner(&one), "\"b\"");
+        assert_eq!(winner(&two), "\"b\"");
+    }
+
+    #[test]
+    fn tombstones_keep_older_writes_out() {
+        let mut store = Store::new();
+        store.apply("k".into(), entry(None, 3, "a", 2));
+        assert!(!store.apply("k".into(), entry(Some("1"), 2, "b", 1)));
+        assert!(matches!(store.read("k"), Read::Deleted { .. }));
+        assert_eq!(store.live_keys(), 0);
+    }
+
+    #[test]
+    fn live_key_count_follows_puts_and_deletes() {
+        let mut store = Store::new();
+        store.apply("x".into(), entry(Some("1"), 1, "a", 1));
+        store.apply("y".into(), entry(Some("1"), 2, "a", 2));
+        assert_eq!(store.live_keys(), 2);
+        store.apply("x".into(), entry(None, 3, "a", 3));
+        assert_eq!(store.live_keys(), 1);
+        store.apply("x".into(), entry(Some("2"), 4, "a", 4));
+        assert_eq!(store.live_keys(), 2);
+    }
+
+    #[test]
+    fn missing_entries_come_in_chunks_in_key_order() {
+        let mut store = Store::new();
+        for (i, key) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            store.apply((*key).into(), entry(Some("12345"), 1, "x", i as u64 + 1));
+        }
+        let mut clock = Clock::new();
+        clock.advance(&dot("x", 1, 2)); // covers a and b
+        let keys = |entries: &[(Key, Entry)]| {
+            entries
+                .iter()
+                .map(|(k, _)| k.to_string())
+                .collect::<Vec<_>>()
+        };
+        let (first, next) = store.missing_from(&clock, None, 2 * ENTRY_OVERHEAD_BYTES);
+        assert_eq!(keys(&first), ["c", "d"]);
+        assert_eq!(next.as_deref(), Some("d"));
+        let (rest, next) = store.missing_from(&clock, Some("d"), 2 * ENTRY_OVERHEAD_BYTES);
+        assert_eq!(keys(&rest), ["e"]);
+        assert_eq!(next, None);
+    }
+
+    #[test]
+    fn null_is_no_value() {
+        assert!(value_from_json("null").unwrap().is_none());
+        assert!(value_from_json(" [1, {\"a\": null}] ").unwrap().is_some());
+        assert!(value_from_json("{").is_err());
+    }
+
+    /// A write for the model test: key index, Lamport time, writer, value (None deletes).
+    fn arb_write() -> impl Strategy<Value = (u8, u64, u8, Option<u8>)> {
+        (0u8..6, 1u64..20, 0u8..3, proptest::option::of(0u8..4))
+    }
+
+    proptest! {
+        /// The store holds, per key, the write with the highest version, as a plain map
+        /// of entries would; catch-up in chunks yields exactly the uncovered entries.
+        #[test]
+        fn agrees_with_a_map_of_entries(writes in prop::collection::vec(arb_write(), 0..40)) {
+            let mut store = Store::new();
+            let mut model: BTreeMap<String, Entry> = BTreeMap::new();
+            for (i, (k, lamport, writer, v)) in writes.into_iter().enumerate() {
+                let key = format!("k{k}");
+                let text = v.map(|v| format!("[{v}]"));
+                let e = entry(text.as_deref(), lamport, ["a", "b", "c"][writer as usize], i as u64 + 1);
+                let wins = model.get(&key).is_none_or(|held| {
+                    (e.lamport, &e.dot.inc) > (held.lamport, &held.dot.inc)
+                });
+                prop_assert_eq!(store.apply(key.as_str().into(), e.clone()), wins);
+                if wins {
+                    model.insert(key, e);
+                }
+            }
+            let got: Vec<(String, Option<String>, u64, Dot)> = store
+                .iter()
+                .map(|(k, e)| (k.to_string(), e.value.map(|v| v.get().to_string()), e.lamport, e.dot))
+                .collect();
+            let want: Vec<(String, Option<String>, u64, Dot)> = model
+                .iter()
+                .map(|(k, e)| (k.clone(), e.value.as_ref().map(|v| v.get().to_string()), e.lamport, e.dot.clone()))
+                .collect();
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(store.live_keys(), model.values().filter(|e| e.value.is_some()).count());
+
+            let mut clock = Clock::new();
+            clock.advance(&dot("a", 1, 10));
+            let mut chunked = Vec::new();
+            let mut after: Option<Key> = None;
+            loop {
+                let (chunk, next) = store.missing_from(&clock, after.as_deref(), 2 * ENTRY_OVERHEAD_BYTES);
+                chunked.extend(chunk.into_iter().map(|(k, _)| k.to_string()));
+                match next {
+                    Some(key) => after = Some(key),
+                    None => break,
+                }
+            }
+            let uncovered: Vec<String> = model
+                .iter()
+                .filter(|(_, e)| !clock.covers(&e.dot))
+                .map(|(k, _)| k.clone())
+                .collect();
+            prop_assert_eq!(chunked, uncovered);
+        }
+    }
+}

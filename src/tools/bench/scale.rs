@@ -1,0 +1,735 @@
+//! `causalkv bench --scale`: how memory and recovery grow with the data.
+//!
+//! Starts three `causalkv serve` processes of this binary on free loopback ports, loads
+//! `--keys` keys of `--value-size` bytes through `--concurrency` sessions, and reports
+//! each replica's resident memory (`VmRSS`, and the peak `VmHWM`, from `/proc/PID/status`)
+//! against the raw size of keys plus values. Then it kills one replica (SIGKILL), starts
+//! it again with the same address and view and an empty memory, and measures when it
+//! answers again, when it serves a read that depends on the last write of a loading
+//! session, when it holds every session's writes, and when every replica lists it again;
+//! meanwhile it samples every replica's memory, to show what the transfer costs.
+//!
+//! Every process is started with `kill_on_drop`, and the run stops at Ctrl-C or SIGTERM,
+//! so no replica outlives the benchmark.
+
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::IsTerminal;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+use super::driver::{Driver, DriverConfig, Session, Target};
+use super::load::{self, Prepopulation};
+use super::progress::{Progress, group_digits};
+use super::{BenchArgs, BenchError};
+use crate::tools::client::{Client, ClientError, Outcome};
+
+const REPLICAS: usize = 3;
+/// Longest wait for the cluster to list all its replicas at start.
+const READY_DEADLINE: Duration = Duration::from_secs(30);
+/// Longest wait for the restarted replica to hold the whole store.
+const RECOVERY_DEADLINE: Duration = Duration::from_secs(300);
+/// Interval of readiness polls and memory samples.
+const POLL: Duration = Duration::from_millis(20);
+const SAMPLE: Duration = Duration::from_millis(100);
+/// How long resident memory must stay flat after the load to count as settled (a replica
+/// packs recent writes once idle), and the longest wait for it.
+const SETTLE_QUIET: Duration = Duration::from_secs(1);
+const SETTLE_DEADLINE: Duration = Duration::from_secs(10);
+/// Per-request timeout of loading and polling (large values take a while).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// The scale report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScaleReport {
+    pub keys: u64,
+    pub value_size: usize,
+    /// Keys plus values, in bytes, as a client sees them.
+    pub raw_bytes: u64,
+    pub concurrency: usize,
+    pub load: Prepopulation,
+    pub load_ops_per_sec: f64,
+    pub replicas: Vec<ReplicaMemory>,
+    pub restart: Restart,
+}
+
+/// One replica's memory, in MiB.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaMemory {
+    pub addr: String,
+    /// Resident memory before loading.
+    pub empty_rss_mib: f64,
+    /// Resident memory once every key is loaded.
+    pub loaded_rss_mib: f64,
+    /// Peak resident memory up to then.
+    pub loaded_peak_mib: f64,
+    /// `loaded_rss_mib` ÷ the raw data size.
+    pub rss_over_raw: f64,
+    /// What loading added (`loaded - empty`) ÷ the raw data size.
+    pub growth_over_raw: f64,
+}
+
+/// The recovery of a killed replica.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Restart {
+    pub addr: String,
+    /// Seconds from the new process's start until it answers `GET /view`.
+    pub answers_s: Option<f64>,
+    /// Seconds until it serves a read that depends on a loading session's last write.
+    pub serves_s: Option<f64>,
+    /// Seconds until it has served every session's last write with that session's
+    /// metadata (so it holds every write).
+    pub whole_store_s: Option<f64>,
+    /// Seconds until every replica lists every replica again.
+    pub in_every_view_s: Option<f64>,
+    /// Sessions whose last write it served, out of `sessions`.
+    pub sessions_verified: usize,
+    pub sessions: usize,
+    /// Peak resident memory of each replica while the restarted one recovered, sampled
+    /// every 100 ms (MiB).
+    pub peak_rss_mib: Vec<(String, f64)>,
+    /// Each replica's exact high-water mark (`VmHWM`, since its process started) once
+    /// the restarted one recovered (MiB): above `loaded_peak_mib`, the recovery raised it.
+    pub hwm_after_mib: Vec<(String, f64)>,
+    /// The restarted replica's resident memory once recovered, and its peak (MiB).
+    pub recovered_rss_mib: f64,
+    pub recovered_peak_mib: f64,
+    /// Each replica's resident memory once it settled after the recovery (MiB).
+    #[serde(default)]
+    pub settled_rss_mib: Vec<(String, f64)>,
+}
+
+pub async fn run(args: &BenchArgs) -> Result<(), BenchError> {
+    let report = tokio::select! {
+        report = scale(args) => report?,
+        _ = crate::server::shutdown_signal() => return Err(BenchError::Interrupted),
+    };
+    let encoded = serde_json::to_string_pretty(&report)
+        .map_err(|e| BenchError::Setup(format!("cannot encode the report: {e}")))?;
+    if args.json {
+        println!("{encoded}");
+    } else {
+        print!("{}", report.render());
+    }
+    if let Some(path) = &args.save {
+        let path = path.with_extension("json");
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&path, encoded)?;
+    }
+    Ok(())
+}
+
+async fn scale(args: &BenchArgs) -> Result<ScaleReport, BenchError> {
+    let mut cluster = LocalCluster::start(REPLICAS)?;
+    let client = Client::new(REQUEST_TIMEOUT).map_err(|e| BenchError::Setup(e.to_string()))?;
+    note(
+        args,
+        &format!(
+            "started {REPLICAS} replicas, logs in {}",
+            cluster.dir.display()
+        ),
+    );
+    cluster.wait_ready(&client).await?;
+    let empty: Vec<Memory> = cluster.memory_all()?;
+    note(
+        args,
+        &format!(
+            "loading {} keys of {} bytes",
+            group_digits(args.keys),
+            args.value_size
+        ),
+    );
+    let (sessions, load) = load_data(args, &cluster).await?;
+    let keys = load::key_names(args.keys);
+    let checks = session_checks(&sessions, &keys);
+    let loaded = settled_memory(&cluster).await?;
+    let raw_bytes: u64 = keys
+        .iter()
+        .map(|k| (k.len() + args.value_size) as u64)
+        .sum();
+    note(args, "killing and restarting one replica");
+    let restart = restart(&mut cluster, &client, &checks, args.value_size).await?;
+    if args.keep_logs {
+        note(
+            args,
+            &format!("replica logs kept in {}", cluster.dir.display()),
+        );
+    } else {
+        cluster.cleanup();
+    }
+    Ok(ScaleReport {
+        keys: args.keys,
+        value_size: args.value_size,
+        raw_bytes,
+        concurrency: args.concurrency,
+        load_ops_per_sec: load.keys as f64 / load.seconds.max(1e-9),
+        load,
+        replicas: memory_report(&cluster.addrs, &empty, &loaded, raw_bytes),
+        restart,
+    })
+}
+
+fn note(args: &BenchArgs, message: &str) {
+    if !args.json {
+        eprintln!("scale: {message}");
+    }
+}
+
+async fn load_data(
+    args: &BenchArgs,
+    cluster: &LocalCluster,
+) -> Result<(Vec<Session>, Prepopulation), BenchError> {
+    let config = DriverConfig {
+        target: Target::Causalkv,
+        endpoints: cluster.addrs.clone(),
+        timeout: REQUEST_TIMEOUT,
+        value_size: args.value_size,
+        serializable_reads: true,
+        tls_ca: None,
+    };
+    let driver = Arc::new(Driver::new(&config)?);
+    let sessions = (0..args.concurrency).map(|i| driver.session(i)).collect();
+    let progress = Progress::new(!args.json && std::io::stderr().is_terminal());
+    let keys = load::key_names(args.keys);
+    let loaded = load::prepopulate(&driver, &keys, sessions, &progress).await;
+    progress.finish();
+    loaded
+}
+
+/// A session's proof of its writes: its metadata and the last key it wrote.
+#[derive(Clone, Debug)]
+struct Check {
+    metadata: crate::tools::client::Metadata,
+    key: String,
+}
+
+fn session_checks(sessions: &[Session], keys: &[String]) -> Vec<Check> {
+    let stride = sessions.len();
+    sessions
+        .iter()
+        .enumerate()
+        .filter_map(|(index, session)| {
+            // Keys were dealt round-robin: this session's are index, index + stride, ...
+            let last = index + keys.len().checked_sub(index + 1)? / stride * stride;
+            Some(Check {
+                metadata: session.metadata.clone(),
+                key: keys[last].clone(),
+            })
+        })
+        .collect()
+}
+
+fn memory_report(
+    addrs: &[String],
+    empty: &[Memory],
+    loaded: &[Memory],
+    raw_bytes: u64,
+) -> Vec<ReplicaMemory> {
+    addrs
+        .iter()
+        .zip(empty.iter().zip(loaded))
+        .map(|(addr, (empty, loaded))| ReplicaMemory {
+            addr: addr.clone(),
+            empty_rss_mib: empty.rss_mib(),
+            loaded_rss_mib: loaded.rss_mib(),
+            loaded_peak_mib: loaded.peak_mib(),
+            rss_over_raw: loaded.rss_bytes() as f64 / raw_bytes.max(1) as f64,
+            growth_over_raw: loaded.rss_bytes().saturating_sub(empty.rss_bytes()) as f64
+                / raw_bytes.max(1) as f64,
+        })
+        .collect()
+}
+
+/// Kills the last replica, restarts it, and times its recovery.
+async fn restart(
+    cluster: &mut LocalCluster,
+    client: &Client,
+    checks: &[Check],
+    value_size: usize,
+) -> Result<Restart, BenchError> {
+    let victim = REPLICAS - 1;
+    let addr = cluster.addrs[victim].clone();
+    cluster.kill(victim).await;
+    cluster.spawn(victim)?;
+    let started = Instant::now();
+    let deadline = started + RECOVERY_DEADLINE;
+    let sampler = Sampler::start(cluster.pids());
+    let answers_s = until(deadline, || async { client.view(&addr).await.is_ok() })
+        .await
+        .then(|| started.elapsed().as_secs_f64());
+    let first = checks.first();
+    let serves_s = match first {
+        Some(check) => until(deadline, || serves(client, &addr, check, value_size))
+            .await
+            .then(|| started.elapsed().as_secs_f64()),
+        None => None,
+    };
+    let mut verified = 0;
+    for check in checks {
+        if until(deadline, || serves(client, &addr, check, value_size)).await {
+            verified += 1;
+        }
+    }
+    let whole_store_s = (verified == checks.len()).then(|| started.elapsed().as_secs_f64());
+    let in_every_view_s = until(deadline, || cluster.all_listed(client))
+        .await
+        .then(|| started.elapsed().as_secs_f64());
+    let peaks = sampler.stop().await;
+    let after = cluster.memory_all()?;
+    let recovered = after[victim];
+    let settled = settled_memory(cluster).await?;
+    Ok(Restart {
+        addr,
+        answers_s,
+        serves_s,
+        whole_store_s,
+        in_every_view_s,
+        sessions_verified: verified,
+        sessions: checks.len(),
+        peak_rss_mib: cluster.by_addr(peaks),
+        hwm_after_mib: cluster.by_addr(after.iter().map(Memory::peak_mib)),
+        recovered_rss_mib: recovered.rss_mib(),
+        recovered_peak_mib: recovered.peak_mib(),
+        settled_rss_mib: cluster.by_addr(settled.iter().map(Memory::rss_mib)),
+    })
+}
+
+/// Every replica's memory once none has changed by more than 1% for [`SETTLE_QUIET`]
+/// (or at [`SETTLE_DEADLINE`]): what holding the data costs, not the load's buffers.
+async fn settled_memory(cluster: &LocalCluster) -> Result<Vec<Memory>, BenchError> {
+    let deadline = Instant::now() + SETTLE_DEADLINE;
+    let mut last = cluster.memory_all()?;
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline && quiet_since.elapsed() < SETTLE_QUIET {
+        tokio::time::sleep(SAMPLE).await;
+        let now = cluster.memory_all()?;
+        let moved = now
+            .iter()
+            .zip(&last)
+            .any(|(a, b)| a.rss_kib.abs_diff(b.rss_kib) * 100 > b.rss_kib);
+        if moved {
+            quiet_since = Instant::now();
+        }
+        last = now;
+    }
+    Ok(last)
+}
+
+/// Polls `condition` until it holds (true) or `deadline` passes (false).
+async fn until<F, Fut>(deadline: Instant, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// True when `addr` serves the check's key, with the check's metadata, at full size.
+async fn serves(client: &Client, addr: &str, check: &Check, value_size: usize) -> bool {
+    match client.get(addr, &check.key, &check.metadata).await {
+        Ok(reply) => {
+            matches!(reply.outcome, Outcome::Found(Value::String(s)) if s.len() == value_size)
+        }
+        Err(ClientError::NotFound { .. }) => false,
+        Err(_) => false,
+    }
+}
+
+/// Resident memory of a process, in KiB, from `/proc/PID/status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Memory {
+    pub rss_kib: u64,
+    pub peak_kib: u64,
+}
+
+impl Memory {
+    pub fn of(pid: u32) -> Option<Memory> {
+        parse_status(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+    }
+
+    fn rss_bytes(&self) -> u64 {
+        self.rss_kib * 1024
+    }
+
+    fn rss_mib(&self) -> f64 {
+        self.rss_bytes() as f64 / MIB
+    }
+
+    fn peak_mib(&self) -> f64 {
+        (self.peak_kib * 1024) as f64 / MIB
+    }
+}
+
+/// `VmRSS` and `VmHWM` of a `/proc/PID/status` text.
+pub fn parse_status(text: &str) -> Option<Memory> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+    };
+    Some(Memory {
+        rss_kib: field("VmRSS:")?,
+        peak_kib: field("VmHWM:")?,
+    })
+}
+
+/// Samples processes' resident memory in the background; keeps each one's peak.
+struct Sampler {
+    stop: Arc<Mutex<bool>>,
+    task: tokio::task::JoinHandle<Vec<u64>>,
+}
+
+impl Sampler {
+    fn start(pids: Vec<Option<u32>>) -> Sampler {
+        let stop = Arc::new(Mutex::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut peaks = vec![0u64; pids.len()];
+            while !*flag.lock().unwrap_or_else(|p| p.into_inner()) {
+                for (peak, pid) in peaks.iter_mut().zip(&pids) {
+                    let rss = pid.and_then(Memory::of).map_or(0, |m| m.rss_kib);
+                    *peak = (*peak).max(rss);
+                }
+                tokio::time::sleep(SAMPLE).await;
+            }
+            peaks
+        });
+        Sampler { stop, task }
+    }
+
+    /// Stops sampling; the peaks in MiB.
+    async fn stop(self) -> Vec<f64> {
+        *self.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        let peaks = self.task.await.unwrap_or_default();
+        peaks.iter().map(|kib| (kib * 1024) as f64 / MIB).collect()
+    }
+}
+
+/// Replicas of this binary on loopback, killed when dropped.
+struct LocalCluster {
+    dir: PathBuf,
+    addrs: Vec<String>,
+    children: Vec<Option<Child>>,
+}
+
+impl LocalCluster {
+    fn start(n: usize) -> Result<LocalCluster, BenchError> {
+        let dir = std::env::temp_dir().join(format!("causalkv-scale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut cluster = LocalCluster {
+            dir,
+            addrs: free_addrs(n)?,
+            children: (0..n).map(|_| None).collect(),
+        };
+        for i in 0..n {
+            cluster.spawn(i)?;
+        }
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), BenchError> {
+        let log = self.log(i)?;
+        let child = Command::new(std::env::current_exe()?)
+            .args([
+                "serve",
+                "--listen",
+                &self.addrs[i],
+                "--view",
+                &self.addrs.join(","),
+            ])
+            .env_remove("SOCKET_ADDRESS")
+            .env_remove("VIEW")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?;
+        self.children[i] = Some(child);
+        Ok(())
+    }
+
+    fn log(&self, i: usize) -> Result<File, BenchError> {
+        Ok(OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("replica-{i}.log")))?)
+    }
+
+    async fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    fn pids(&self) -> Vec<Option<u32>> {
+        self.children
+            .iter()
+            .map(|c| c.as_ref().and_then(Child::id))
+            .collect()
+    }
+
+    fn memory(&self, i: usize) -> Result<Memory, BenchError> {
+        let pid = self.pids()[i];
+        pid.and_then(Memory::of).ok_or_else(|| {
+            BenchError::Setup(format!(
+                "replica {} is not running (see {})",
+                self.addrs[i],
+                self.dir.display()
+            ))
+        })
+    }
+
+    /// `values`, one per replica in order, paired with the replicas' addresses.
+    fn by_addr(&self, values: impl IntoIterator<Item = f64>) -> Vec<(String, f64)> {
+        self.addrs.iter().cloned().zip(values).collect()
+    }
+
+    fn memory_all(&self) -> Result<Vec<Memory>, BenchError> {
+        (0..self.addrs.len()).map(|i| self.memory(i)).collect()
+    }
+
+    async fn wait_ready(&mut self, client: &Client) -> Result<(), BenchError> {
+        let deadline = Instant::now() + READY_DEADLINE;
+        if until(deadline, || self.all_listed(client)).await {
+            Ok(())
+        } else {
+            Err(BenchError::Setup(format!(
+                "the replicas did not list each other within {READY_DEADLINE:?} (see {})",
+                self.dir.display()
+            )))
+        }
+    }
+
+    /// True when every replica answers `GET /view` with all of them.
+    async fn all_listed(&self, client: &Client) -> bool {
+        for addr in &self.addrs {
+            match client.view(addr).await {
+                Ok(view) if self.addrs.iter().all(|a| view.contains(a)) => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// Removes the logs (after a successful run).
+    fn cleanup(&self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `n` loopback addresses that were free a moment ago.
+fn free_addrs(n: usize) -> Result<Vec<String>, BenchError> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.to_string()))
+        .collect()
+}
+
+impl ScaleReport {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let raw_mib = self.raw_bytes as f64 / MIB;
+        let _ = writeln!(
+            out,
+            "scale: {} keys × {}-byte values = {:.1} MiB raw (keys + values)",
+            group_digits(self.keys),
+            self.value_size,
+            raw_mib
+        );
+        let _ = writeln!(
+            out,
+            "loaded in {:.1} s ({} writes/s, {} sessions, {} failed)\n",
+            self.load.seconds,
+            group_digits(self.load_ops_per_sec.round() as u64),
+            self.concurrency,
+            self.load.failed
+        );
+        let _ = writeln!(
+            out,
+            "{:<18}{:>11}{:>12}{:>10}{:>10}{:>12}",
+            "replica", "empty MiB", "loaded MiB", "peak MiB", "RSS/raw", "growth/raw"
+        );
+        for r in &self.replicas {
+            let _ = writeln!(
+                out,
+                "{:<18}{:>11.1}{:>12.1}{:>10.1}{:>9.2}×{:>11.2}×",
+                r.addr,
+                r.empty_rss_mib,
+                r.loaded_rss_mib,
+                r.loaded_peak_mib,
+                r.rss_over_raw,
+                r.growth_over_raw
+            );
+        }
+        out.push_str(&self.restart.render());
+        out
+    }
+}
+
+impl Restart {
+    fn render(&self) -> String {
+        let secs = |s: Option<f64>| s.map_or("never".to_string(), |s| format!("{s:.2} s"));
+        let mut out = format!(
+            "\nrestart of {} (killed, started with empty memory):\n",
+            self.addr
+        );
+        let _ = writeln!(
+            out,
+            "  answers GET /view after     {}",
+            secs(self.answers_s)
+        );
+        let _ = writeln!(out, "  serves a dependent read     {}", secs(self.serves_s));
+        let _ = writeln!(
+            out,
+            "  holds every session's data  {} ({}/{} sessions)",
+            secs(self.whole_store_s),
+            self.sessions_verified,
+            self.sessions
+        );
+        let _ = writeln!(
+            out,
+            "  in every view after         {}",
+            secs(self.in_every_view_s)
+        );
+        let _ = writeln!(
+            out,
+            "  its memory once recovered   {:.1} MiB (peak {:.1} MiB)",
+            self.recovered_rss_mib, self.recovered_peak_mib
+        );
+        let _ = writeln!(
+            out,
+            "  RSS during recovery, sampled peak (MiB):  {}",
+            by_replica(&self.peak_rss_mib)
+        );
+        let _ = writeln!(
+            out,
+            "  VmHWM after recovery (MiB):               {}",
+            by_replica(&self.hwm_after_mib)
+        );
+        let _ = writeln!(
+            out,
+            "  RSS once settled again (MiB):             {}",
+            by_replica(&self.settled_rss_mib)
+        );
+        out
+    }
+}
+
+/// `addr value, addr value, ...` with one decimal.
+fn by_replica(values: &[(String, f64)]) -> String {
+    values
+        .iter()
+        .map(|(addr, mib)| format!("{addr} {mib:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_comes_from_proc_status() {
+        let text = "Name:\tcausalkv\nVmPeak:\t  900 kB\nVmHWM:\t    2048 kB\nVmRSS:\t    1024 kB\n";
+        assert_eq!(
+            parse_status(text),
+            Some(Memory {
+                rss_kib: 1024,
+                peak_kib: 2048
+            })
+        );
+        assert_eq!(parse_status("Name: x\n"), None);
+        let own = Memory::of(std::process::id()).expect("this process's status");
+        assert!(own.rss_kib > 0 && own.peak_kib >= own.rss_kib);
+    }
+
+    #[test]
+    fn each_session_is_checked_on_its_last_key() {
+        let sessions: Vec<Session> = (0..3)
+            .map(|i| Session {
+                endpoint: i,
+                metadata: crate::tools::client::Metadata(Value::from(i)),
+            })
+            .collect();
+        let keys = load::key_names(7);
+        let checks = session_checks(&sessions, &keys);
+        let last: Vec<&str> = checks.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(last, ["k6", "k4", "k5"]);
+        assert_eq!(checks[1].metadata.0, Value::from(1));
+        let few = session_checks(&sessions, &load::key_names(2));
+        assert_eq!(few.len(), 2, "a session that wrote nothing proves nothing");
+    }
+
+    #[test]
+    fn the_report_renders() {
+        let report = ScaleReport {
+            keys: 1000,
+            value_size: 32,
+            raw_bytes: 36_000,
+            concurrency: 4,
+            load: Prepopulation {
+                keys: 1000,
+                seconds: 0.5,
+                failed: 0,
+            },
+            load_ops_per_sec: 2000.0,
+            replicas: vec![ReplicaMemory {
+                addr: "127.0.0.1:1".into(),
+                empty_rss_mib: 5.0,
+                loaded_rss_mib: 6.0,
+                loaded_peak_mib: 6.5,
+                rss_over_raw: 174.8,
+                growth_over_raw: 29.1,
+            }],
+            restart: Restart {
+                addr: "127.0.0.1:3".into(),
+                answers_s: Some(0.1),
+                serves_s: Some(0.4),
+                whole_store_s: Some(0.5),
+                in_every_view_s: None,
+                sessions_verified: 4,
+                sessions: 4,
+                peak_rss_mib: vec![("127.0.0.1:1".into(), 7.0)],
+                hwm_after_mib: vec![("127.0.0.1:1".into(), 7.5)],
+                recovered_rss_mib: 6.0,
+                recovered_peak_mib: 6.1,
+                settled_rss_mib: vec![("127.0.0.1:1".into(), 5.5)],
+            },
+        };
+        let text = report.render();
+        assert!(text.contains("1,000 keys × 32-byte values"), "{text}");
+        assert!(text.contains("174.80×"), "{text}");
+        assert!(
+            text.contains("holds every session's data  0.50 s (4/4 sessions)"),
+            "{text}"
+        );
+        assert!(text.contains("in every view after         never"), "{text}");
+    }
+}
