@@ -3,8 +3,9 @@
 # Build (no registry is reachable, so the binary is not built inside Docker):
 #     scripts/docker-build
 # which runs, from the repository root:
-#     RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target x86_64-unknown-linux-gnu
+#     RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target x86_64-unknown-linux-gnu --no-default-features
 #     docker build -t causalkv .
+# (--no-default-features leaves out the benchmark's charts: the server does not need plotters.)
 #
 # Run one replica (configuration comes from the environment alone):
 #     docker run --rm --detach --publish=8082:8090 --net=NET --ip=10.10.0.2 --name=alice \

@@ -229,7 +229,17 @@ async fn reports_are_summarized_with_ratios_and_saved() {
     let summary: Summary = serde_json::from_str(&saved).expect("a summary");
     assert_eq!(summary.rows.len(), 3);
     assert_eq!(summary.ratios.len(), 1, "causalkv vs redis on C");
-    if Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").exists() {
+    if !cfg!(feature = "charts") {
+        // Built without the plotting code: no chart, a notice, and still a success.
+        assert!(
+            !save.with_extension("png").exists(),
+            "no chart without `charts`"
+        );
+        let output = bench(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        assert!(stderr.contains("without the `charts` feature"), "{stderr}");
+    } else if Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").exists() {
         let png = std::fs::read(save.with_extension("png")).expect("chart");
         assert!(png.starts_with(b"\x89PNG"), "a PNG file");
     }

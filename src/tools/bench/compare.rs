@@ -5,7 +5,8 @@
 //! `workload`, `throughput_ops_s` and `overall.latency.{p50_ms,p99_ms}` are read, plus an
 //! optional `note`. The summary is one table (ops/s, p50, p99 per system and workload),
 //! the ratios of causalkv to each peer, and where causalkv stands against the targets of
-//! its performance issue; `--save PATH` writes it to PATH.json and a chart to PATH.png.
+//! its performance issue; `--save PATH` writes it to PATH.json and a chart to PATH.png
+//! (drawn by `chart`, with the `charts` feature: this module does not depend on it).
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;

@@ -8,16 +8,20 @@
 //!   HDR histograms) and status counts, as a table or `--json`.
 //! * `--target etcd` runs the same loop against etcd's JSON gateway, for comparisons.
 //! * `--summarize FILE...` turns several reports into one comparison table, with the
-//!   ratios of causalkv to its peers, and `--save PATH` writes it as JSON and a PNG chart.
+//!   ratios of causalkv to its peers, and `--save PATH` writes it as JSON and a PNG chart
+//!   (the chart needs the `charts` cargo feature, on by default; without it the chart is
+//!   skipped with a notice).
 //! * `--scale` starts its own three replicas, loads `--keys` keys of `--value-size` bytes,
 //!   and reports memory against raw data size and the time a killed replica needs to come
 //!   back with the whole store.
 //!
 //! Modules: [`workload`] (operation mix, key distributions), [`driver`] (one request to a
 //! target), [`load`] (the closed loop), [`stats`] and [`report`] (what is measured and
-//! shown), [`progress`] (the bar), [`compare`] and [`chart`] (comparisons), [`scale`].
+//! shown), [`progress`] (the bar), [`compare`] and `chart` (comparisons; `chart`, the only
+//! user of plotters, is built with the `charts` feature alone), [`scale`].
 
 pub mod ceiling;
+#[cfg(feature = "charts")]
 pub mod chart;
 pub mod compare;
 pub mod driver;
@@ -29,7 +33,7 @@ pub mod stats;
 pub mod workload;
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,8 +127,8 @@ pub struct BenchArgs {
     /// table with the ratios of causalkv to its peers.
     #[arg(long, value_name = "FILE", num_args = 1..)]
     pub summarize: Vec<PathBuf>,
-    /// With --summarize: also write PATH.json and a chart PATH.png; with --scale: also
-    /// write the report to PATH.json.
+    /// With --summarize: also write PATH.json and a chart PATH.png (if built with the
+    /// `charts` feature); with --scale: also write the report to PATH.json.
     #[arg(long, value_name = "PATH")]
     pub save: Option<PathBuf>,
 }
@@ -147,11 +151,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     if !args.summarize.is_empty() {
         let summary = compare::run(&args.summarize, args.save.as_deref(), args.json)?;
         if let Some(path) = &args.save {
-            let png_path = path.with_extension("png");
-            match chart::draw(&summary, &png_path) {
-                Ok(()) => eprintln!("saved {}", png_path.display()),
-                Err(error) => eprintln!("no chart: {error}"),
-            }
+            save_chart(&summary, &path.with_extension("png"));
         }
         return Ok(());
     }
@@ -168,6 +168,25 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     let json = args.json;
     let report = on_own_runtime(threads, move || async move { load_run(&args).await }).await?;
     print_report(&report, json)
+}
+
+/// Draws the chart of `summary` to `png_path`. The table and PATH.json are the result: a
+/// chart that cannot be drawn is a one-line notice, not a failure.
+#[cfg(feature = "charts")]
+fn save_chart(summary: &compare::Summary, png_path: &Path) {
+    match chart::draw(summary, png_path) {
+        Ok(()) => eprintln!("saved {}", png_path.display()),
+        Err(error) => eprintln!("no chart: {error}"),
+    }
+}
+
+/// Without the `charts` feature (the server's build) there is no plotting code: say so.
+#[cfg(not(feature = "charts"))]
+fn save_chart(_summary: &compare::Summary, png_path: &Path) {
+    eprintln!(
+        "no chart: {} not drawn, this causalkv was built without the `charts` feature",
+        png_path.display()
+    );
 }
 
 /// Runs `task` on a runtime of its own with `threads` worker threads (the caller's runtime
