@@ -14,8 +14,8 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use common::{
-    CONTRACT_HEAL, ERR_NO_KEY, Node, Reply, SETTLE_TIMEOUT, Session, TestCluster, poll_until,
-    until_served, until_views, within,
+    CONTRACT_HEAL, ERR_NO_KEY, InSession, Node, Reply, SETTLE_TIMEOUT, Session, TestCluster,
+    poll_until, until_served, until_views, within,
 };
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
@@ -32,7 +32,7 @@ async fn served(
     what: &str,
     mut request: impl AsyncFnMut(&Value) -> Reply,
 ) -> Reply {
-    let meta = session.meta.clone();
+    let meta = session.meta().clone();
     let reply = until_served(within(SETTLE_TIMEOUT), what, async || request(&meta).await).await;
     assert!(statuses.contains(&reply.status), "{what}: {reply}");
     session.observe(&reply);
@@ -85,7 +85,7 @@ async fn until_agreed(nodes: &[&Node], key: &str, deadline: Instant) -> Value {
 async fn causal_chain_across_replicas() {
     let cluster = three("causal_chain_across_replicas").await;
     let (a, b, c) = (cluster.node(0), cluster.node(1), cluster.node(2));
-    let mut session = Session::new();
+    let mut session = Session::default();
 
     served(&mut session, &[201], "PUT x at A", async |m| {
         a.put("x", json!("first"), m).await
@@ -155,7 +155,7 @@ async fn concurrent_writes_to_one_key_converge() {
 async fn causally_later_write_wins_everywhere() {
     let cluster = three("causally_later_write_wins_everywhere").await;
     let (a, b) = (cluster.node(0), cluster.node(1));
-    let mut session = Session::new();
+    let mut session = Session::default();
 
     served(&mut session, &[201], "PUT at A", async |m| {
         a.put("order", json!("earlier"), m).await
@@ -174,20 +174,20 @@ async fn causally_later_write_wins_everywhere() {
 /// One client session of [`many_sessions_then_convergence`]: bounded puts and
 /// gets at one replica; every answer succeeds and reads see the session's writes.
 async fn session_loop(id: usize, node: Node, rounds: usize) -> Vec<(String, Value)> {
-    let mut session = Session::new();
+    let mut session = Session::default();
     let own_keys: Vec<String> = (0..3).map(|k| format!("s{id}-k{k}")).collect();
     for round in 0..rounds {
         let key = &own_keys[round % own_keys.len()];
         let value = json!({ "session": id, "round": round });
-        let put = session.put(&node, key, value.clone()).await;
+        let put = session.put_at(&node, key, value.clone()).await;
         let expected = if round < own_keys.len() { 201 } else { 200 };
         assert_eq!(put.status, expected, "session {id} PUT {key}: {put}");
-        session.get(&node, key).await.expect_found(&value);
+        session.get_at(&node, key).await.expect_found(&value);
 
         let shared = format!("shared-{}", round % 4);
-        let put = session.put(&node, &shared, value).await;
+        let put = session.put_at(&node, &shared, value).await;
         assert!(matches!(put.status, 200 | 201), "session {id}: {put}");
-        let read = session.get(&node, &shared).await;
+        let read = session.get_at(&node, &shared).await;
         assert_eq!(read.status, 200, "session {id} GET {shared}: {read}");
     }
     let last_round = |k: usize| (0..rounds).filter(|r| r % own_keys.len() == k).max();
@@ -232,7 +232,7 @@ async fn many_sessions_then_convergence() {
 async fn deletes_reach_every_replica() {
     let cluster = three("deletes_reach_every_replica").await;
     let (a, b) = (cluster.node(0), cluster.node(1));
-    let mut session = Session::new();
+    let mut session = Session::default();
 
     served(&mut session, &[201], "PUT at A", async |m| {
         a.put("gone", json!("soon"), m).await
@@ -244,7 +244,7 @@ async fn deletes_reach_every_replica() {
     .await;
     for node in cluster.nodes() {
         let what = format!("GET after the delete at {}", node.addr());
-        let meta = session.meta.clone();
+        let meta = session.meta().clone();
         until_served(within(SETTLE_TIMEOUT), &what, async || {
             node.get("gone", &meta).await
         })
@@ -345,9 +345,9 @@ async fn crashed_replica_leaves_views_and_returns_whole() {
 async fn restarted_replica_writes_are_new() {
     let mut cluster = three("restarted_replica_writes_are_new").await;
     let (old_keys, new_keys) = (numbered("old", 3), numbered("new", 3));
-    let mut old = Session::new();
+    let mut old = Session::default();
     for (key, value) in &old_keys {
-        old.put(cluster.node(0), key, value.clone())
+        old.put_at(cluster.node(0), key, value.clone())
             .await
             .expect_result(201, "created");
     }
@@ -361,7 +361,7 @@ async fn restarted_replica_writes_are_new() {
 
     // A fresh client session writes as many new keys at the restarted replica:
     // if its writes reused the old ones' identities, B and C would skip them.
-    let mut fresh = Session::new();
+    let mut fresh = Session::default();
     let a = cluster.node(0);
     for (key, value) in &new_keys {
         served(&mut fresh, &[201], "PUT at restarted A", async |m| {

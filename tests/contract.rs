@@ -11,8 +11,8 @@ mod common;
 use std::net::TcpListener;
 
 use common::{
-    Body, ERR_CAUSAL, ERR_KEY_TOO_LONG, ERR_NO_KEY, ERR_NO_REPLICA, ERR_NO_VALUE, Session,
-    TestCluster, kvs_path, until_served, within,
+    Body, ERR_CAUSAL, ERR_KEY_TOO_LONG, ERR_NO_KEY, ERR_NO_REPLICA, ERR_NO_VALUE, InSession,
+    Session, TestCluster, kvs_path, until_served, within,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -185,14 +185,14 @@ async fn every_non_null_json_value_round_trips() {
         json!(""),
         json!("ünïcødé ☕"),
     ];
-    let mut session = Session::new();
+    let mut session = Session::default();
     for (i, value) in values.iter().enumerate() {
         let key = format!("value-{i}");
         session
-            .put(node, &key, value.clone())
+            .put_at(node, &key, value.clone())
             .await
             .expect_result(201, "created");
-        session.get(node, &key).await.expect_found(value);
+        session.get_at(node, &key).await.expect_found(value);
     }
 }
 
@@ -422,20 +422,20 @@ async fn unsatisfiable_dependencies_get_503_after_validation() {
 #[tokio::test]
 async fn metadata_stays_small() {
     let cluster = three("metadata_stays_small").await;
-    let mut session = Session::new();
+    let mut session = Session::default();
     let deadline = within(common::SETTLE_TIMEOUT);
     let mut sizes = Vec::new();
     for round in 0..40 {
         for node in cluster.nodes() {
             let key = format!("cup-{}", round % 5);
             let reply = until_served(deadline, "a write is served", async || {
-                node.put(&key, json!(round), &session.meta).await
+                node.put(&key, json!(round), session.meta()).await
             })
             .await;
             assert!(matches!(reply.status, 200 | 201), "{reply}");
             session.observe(&reply);
         }
-        sizes.push(session.meta.to_string().len());
+        sizes.push(session.meta().to_string().len());
     }
     let (first, last) = (sizes[0], sizes[sizes.len() - 1]);
     assert!(

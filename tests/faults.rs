@@ -43,7 +43,8 @@ use common::docker::{
 };
 use common::until_views;
 use common::{
-    Body, CONTRACT_HEAL, Node, Reply, SETTLE_TIMEOUT, Session, kvs_path, poll_until, within,
+    Body, CONTRACT_HEAL, InSession, Node, Reply, SETTLE_TIMEOUT, Session, kvs_path, poll_until,
+    within,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -520,17 +521,17 @@ async fn two_replicas_cut_off_while_the_third_accepts_writes() {
     deployment.disconnect(BOB);
     deployment.disconnect(CAROL);
     let cut = Instant::now();
-    let mut session = Session::new();
+    let mut session = Session::default();
     let during = numbered("during", 0..30);
     for (key, value) in &during {
         let started = Instant::now();
-        let reply = session.put(alice, key, value.clone()).await;
+        let reply = session.put_at(alice, key, value.clone()).await;
         let took = started.elapsed();
         reply.expect_result(201, "created");
         assert!(took < PROMPT, "PUT {key} at alice alone took {took:?}");
     }
     session
-        .get(alice, "during-0")
+        .get_at(alice, "during-0")
         .await
         .expect_found(&during[0].1);
     let alone = view_of(&[ALICE]);
@@ -555,7 +556,7 @@ async fn two_replicas_cut_off_while_the_third_accepts_writes() {
          all listed in {listed:.2?}, all caught up in {:.2?}",
         healed.elapsed()
     );
-    let meta = session.meta.clone();
+    let meta = session.meta().clone();
     for node in &nodes {
         get_served(node, "during-29", &meta, within(SETTLE_TIMEOUT))
             .await
@@ -702,7 +703,7 @@ async fn try_put(node: &Node, key: &str, value: &Value, meta: &Value) -> Result<
 /// `until`, mostly fresh write-once keys, every fifth write a shared key.
 async fn burst_client(nodes: Vec<Node>, client: u64, until: Instant) -> BurstLog {
     let mut rng = SplitMix64::new(0xB0057 ^ client);
-    let mut session = Session::new();
+    let mut session = Session::default();
     let mut log = BurstLog::default();
     for n in 0.. {
         if Instant::now() >= until {
@@ -715,7 +716,7 @@ async fn burst_client(nodes: Vec<Node>, client: u64, until: Instant) -> BurstLog
         let value = json!(format!("c{client}-{n}"));
         let node = &nodes[rng.below(nodes.len())];
         log.keys.insert(key.clone());
-        match try_put(node, &key, &value, &session.meta).await {
+        match try_put(node, &key, &value, session.meta()).await {
             Ok(reply) if matches!(reply.status, 200 | 201) => {
                 session.observe(&reply);
                 if !key.contains("shared") {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Session, TestCluster, poll_until, within};
+use common::{InSession, Session, TestCluster, poll_until, within};
 use serde_json::{Value, json};
 
 /// The families dashboards and alerts depend on, as a query names their samples.
@@ -168,12 +168,12 @@ async fn scrape(addr: &str) -> String {
 #[tokio::test]
 async fn the_exposition_parses_and_counts_traffic() {
     let cluster = TestCluster::start("metrics-text", 3).await;
-    let mut session = Session::new();
+    let mut session = Session::default();
     for n in 0..10 {
         session
-            .put(cluster.node(0), &format!("k{n}"), json!(n))
+            .put_at(cluster.node(0), &format!("k{n}"), json!(n))
             .await;
-        session.get(cluster.node(1), &format!("k{n}")).await;
+        session.get_at(cluster.node(1), &format!("k{n}")).await;
     }
     let samples = parse_exposition(&scrape(&cluster.addr(0)).await).expect("valid exposition");
     let names: BTreeSet<&str> = samples.iter().map(|s| s.name.as_str()).collect();
@@ -347,9 +347,9 @@ async fn prometheus_scrapes_the_cluster_and_sees_a_cut_off_peer() {
     // Counters move with traffic.
     let total = "sum(causalkv_http_requests_total{route=\"/kvs/{key}\"})";
     let before = prometheus.query(total).await.expect("a query")[0].1;
-    let mut session = Session::new();
+    let mut session = Session::default();
     for n in 0..50 {
-        session.put(cluster.node(0), "counted", json!(n)).await;
+        session.put_at(cluster.node(0), "counted", json!(n)).await;
     }
     prometheus
         .until("the request counter counts 50 more", total, |s| {

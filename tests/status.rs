@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::process::Output;
 use std::time::Duration;
 
-use common::{SETTLE_TIMEOUT, Session, TestCluster, poll_until, within};
+use common::{InSession, SETTLE_TIMEOUT, Session, TestCluster, poll_until, within};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
@@ -120,10 +120,10 @@ fn keys(document: &Value) -> Vec<Option<u64>> {
 async fn a_healthy_cluster_exits_0_with_a_ready_row_per_replica() {
     let cluster = TestCluster::start("status-healthy", 3).await;
     let addrs: Vec<String> = (0..3).map(|i| cluster.addr(i)).collect();
-    let mut session = Session::new();
+    let mut session = Session::default();
     for key in ["x", "y", "z"] {
         session
-            .put(cluster.node(0), key, json!(key))
+            .put_at(cluster.node(0), key, json!(key))
             .await
             .expect_result(201, "created");
     }

@@ -25,7 +25,8 @@ use causalkv::server::wallclock::now_ms;
 use causalkv::tools::client::{Client, Metadata};
 use common::pki::Pki;
 use common::{
-    Node, READY_TIMEOUT, SETTLE_TIMEOUT, Session, TestCluster, poll_until, until_views, within,
+    InSession, Node, READY_TIMEOUT, SETTLE_TIMEOUT, Session, TestCluster, poll_until, until_views,
+    within,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -153,17 +154,20 @@ fn harmful_messages(member: &str, other: &str) -> Vec<(&'static str, Value)> {
 async fn assert_unharmed(cluster: &TestCluster, key: &str, value: &Value) {
     let expected = cluster.addrs();
     until_views(&cluster.nodes(), &expected, within(SETTLE_TIMEOUT)).await;
-    let mut session = Session::new();
+    let mut session = Session::default();
     for node in cluster.nodes() {
-        session.get(node, key).await.expect_found(value);
+        session.get_at(node, key).await.expect_found(value);
         node.get("injected", &Value::Null).await.expect_status(404);
     }
     let marker = json!(format!("after-{}", now_ms()));
     session
-        .put(cluster.node(0), "replicated", marker.clone())
+        .put_at(cluster.node(0), "replicated", marker.clone())
         .await;
     for node in cluster.nodes() {
-        session.get(node, "replicated").await.expect_found(&marker);
+        session
+            .get_at(node, "replicated")
+            .await
+            .expect_found(&marker);
     }
 }
 
@@ -175,8 +179,8 @@ async fn with_a_secret_forged_tampered_stale_and_replayed_messages_are_refused()
     let secret_arg = secret.to_str().expect("UTF-8 path");
     let cluster =
         TestCluster::start_with("trust-forged", 3, &["--cluster-secret-file", secret_arg]).await;
-    let mut session = Session::new();
-    session.put(cluster.node(0), "k", json!("before")).await;
+    let mut session = Session::default();
+    session.put_at(cluster.node(0), "k", json!("before")).await;
     let keys = Keyring::single(SECRET).expect("a secret");
     let wrong = Keyring::single("someone-elses-secret-0123456789").expect("a secret");
     let window = auth::WINDOW.as_millis() as u64;
@@ -242,8 +246,8 @@ async fn with_a_secret_forged_tampered_stale_and_replayed_messages_are_refused()
 #[tokio::test]
 async fn without_a_secret_messages_from_a_foreign_address_are_refused() {
     let cluster = TestCluster::start("trust-foreign", 3).await;
-    let mut session = Session::new();
-    session.put(cluster.node(0), "k", json!("before")).await;
+    let mut session = Session::default();
+    session.put_at(cluster.node(0), "k", json!("before")).await;
     let http = http_from(FOREIGN);
     let (target, member, other) = (cluster.addr(0), cluster.addr(1), cluster.addr(2));
     for (path, body) in harmful_messages(&member, &other) {
@@ -287,7 +291,7 @@ async fn the_secret_rotates_under_load_without_a_failed_request() {
     let load = tokio::spawn({
         let (stop, done) = (stop.clone(), done.clone());
         async move {
-            let mut session = Session::new();
+            let mut session = Session::default();
             let mut failures = Vec::new();
             for n in 0..20_000usize {
                 if stop.load(Ordering::Relaxed) {
@@ -295,8 +299,8 @@ async fn the_secret_rotates_under_load_without_a_failed_request() {
                 }
                 let value = json!(n);
                 let key = format!("k{}", n % 50);
-                let put = session.put(&nodes[n % 3], &key, value.clone()).await;
-                let get = session.get(&nodes[(n + 1) % 3], &key).await;
+                let put = session.put_at(&nodes[n % 3], &key, value.clone()).await;
+                let get = session.get_at(&nodes[(n + 1) % 3], &key).await;
                 if !(put.status == 200 || put.status == 201) {
                     failures.push(format!("PUT {key} at {}: {put}", nodes[n % 3].addr()));
                 }
@@ -524,18 +528,18 @@ async fn a_connection_flood_does_not_stall_replication() {
     );
     // Replication and probes between replicas go on, and so do requests from the
     // replicas' own address, while the flood holds every client connection.
-    let mut session = Session::new();
+    let mut session = Session::default();
     for n in 0..20 {
         session
-            .put(cluster.node(0), "flooded", json!(n))
+            .put_at(cluster.node(0), "flooded", json!(n))
             .await
             .expect_status(if n == 0 { 201 } else { 200 });
         session
-            .get(cluster.node(1), "flooded")
+            .get_at(cluster.node(1), "flooded")
             .await
             .expect_found(&json!(n));
         session
-            .get(cluster.node(2), "flooded")
+            .get_at(cluster.node(2), "flooded")
             .await
             .expect_found(&json!(n));
     }
@@ -633,12 +637,12 @@ async fn a_lamport_time_at_the_ceiling_does_not_wedge_replication() {
     .await;
     assert_eq!(status, 200, "{answer}");
     // Writes at replica 0 still reach its peers, and still win over what they follow.
-    let mut session = Session::new();
+    let mut session = Session::default();
     for n in 0..10 {
-        session.put(cluster.node(0), "after", json!(n)).await;
+        session.put_at(cluster.node(0), "after", json!(n)).await;
         for i in [1, 2] {
             session
-                .get(cluster.node(i), "after")
+                .get_at(cluster.node(i), "after")
                 .await
                 .expect_found(&json!(n));
         }
@@ -652,9 +656,9 @@ async fn writes_a_peer_refuses_are_not_acknowledged_but_repaired_by_anti_entropy
     // A delivery buffer of zero refuses every replicated write: each is a refusal, logged
     // at error, and the receiver pulls what it misses.
     let cluster = TestCluster::start_with("trust-refused", 3, &["--delivery-buffer", "0"]).await;
-    let mut session = Session::new();
+    let mut session = Session::default();
     session
-        .put(cluster.node(0), "refused", json!("repaired"))
+        .put_at(cluster.node(0), "refused", json!("repaired"))
         .await;
     for i in [1, 2] {
         let node = cluster.node(i);

@@ -200,14 +200,14 @@ async fn execute(request: Request, opts: &ClientOpts) -> Result<Done, Failure> {
         max_total: opts.retry_for,
         ..RetryPolicy::default()
     };
-    let session = Session::new(client, replicas)
+    let session = Session::new(replicas)
         .map_err(|e| Failure(e.to_string()))?
         .with_retry(retry);
     match request {
-        Request::View(args) => view(session, args.action).await,
-        Request::Put(args) => kvs(session, KeyOp::Put(args), opts).await,
-        Request::Get(args) => kvs(session, KeyOp::Get(args.key), opts).await,
-        Request::Delete(args) => kvs(session, KeyOp::Delete(args.key), opts).await,
+        Request::View(args) => view(&client, session, args.action).await,
+        Request::Put(args) => kvs(&client, session, KeyOp::Put(args), opts).await,
+        Request::Get(args) => kvs(&client, session, KeyOp::Get(args.key), opts).await,
+        Request::Delete(args) => kvs(&client, session, KeyOp::Delete(args.key), opts).await,
     }
 }
 
@@ -219,7 +219,12 @@ enum KeyOp {
 }
 
 /// `put`, `get` or `delete`, in the session saved in the session file.
-async fn kvs(session: Session, op: KeyOp, opts: &ClientOpts) -> Result<Done, Failure> {
+async fn kvs(
+    client: &Client,
+    session: Session,
+    op: KeyOp,
+    opts: &ClientOpts,
+) -> Result<Done, Failure> {
     let file = session_file(opts)?;
     let saved = match &file {
         Some(path) => load_session(path)?,
@@ -227,9 +232,9 @@ async fn kvs(session: Session, op: KeyOp, opts: &ClientOpts) -> Result<Done, Fai
     };
     let mut session = session.with_metadata(saved.clone());
     let result = match &op {
-        KeyOp::Put(args) => put(&mut session, args).await,
-        KeyOp::Get(key) => get(&mut session, key).await,
-        KeyOp::Delete(key) => delete(&mut session, key).await,
+        KeyOp::Put(args) => put(client, &mut session, args).await,
+        KeyOp::Get(key) => get(client, &mut session, key).await,
+        KeyOp::Delete(key) => delete(client, &mut session, key).await,
     };
     let warning = match &file {
         Some(path) if session.metadata() != &saved => save_session(path, session.metadata())
@@ -245,31 +250,44 @@ async fn kvs(session: Session, op: KeyOp, opts: &ClientOpts) -> Result<Done, Fai
     })
 }
 
-async fn put(session: &mut Session, args: &PutArgs) -> Result<Answer, ClientError> {
+async fn put(
+    client: &Client,
+    session: &mut Session,
+    args: &PutArgs,
+) -> Result<Answer, ClientError> {
     let value = parse_value(&args.value, args.string).map_err(ClientError::BadRequest)?;
-    session.put(&args.key, &value).await.map(Answer::Written)
+    session
+        .put(client, &args.key, &value)
+        .await
+        .map(Answer::Written)
 }
 
-async fn get(session: &mut Session, key: &str) -> Result<Answer, ClientError> {
-    Ok(match session.get(key).await? {
+async fn get(client: &Client, session: &mut Session, key: &str) -> Result<Answer, ClientError> {
+    Ok(match session.get(client, key).await? {
         Some(value) => Answer::Found(value),
         None => Answer::KeyNotFound(key.to_string()),
     })
 }
 
-async fn delete(session: &mut Session, key: &str) -> Result<Answer, ClientError> {
-    Ok(match session.delete(key).await? {
+async fn delete(client: &Client, session: &mut Session, key: &str) -> Result<Answer, ClientError> {
+    Ok(match session.delete(client, key).await? {
         true => Answer::Deleted,
         false => Answer::KeyNotFound(key.to_string()),
     })
 }
 
 /// `view`, `view add` or `view remove`; no causal metadata is involved.
-async fn view(mut session: Session, action: Option<ViewAction>) -> Result<Done, Failure> {
+async fn view(
+    client: &Client,
+    mut session: Session,
+    action: Option<ViewAction>,
+) -> Result<Done, Failure> {
     let result = match &action {
-        None => session.view().await.map(Answer::View),
-        Some(ViewAction::Add { addr }) => session.view_add(addr).await.map(Answer::ViewAdded),
-        Some(ViewAction::Remove { addr }) => match session.view_remove(addr).await {
+        None => session.view(client).await.map(Answer::View),
+        Some(ViewAction::Add { addr }) => {
+            session.view_add(client, addr).await.map(Answer::ViewAdded)
+        }
+        Some(ViewAction::Remove { addr }) => match session.view_remove(client, addr).await {
             Err(ClientError::NoSuchReplica) => Ok(Answer::NoSuchReplica(addr.clone())),
             other => other.map(|()| Answer::ViewRemoved),
         },

@@ -16,28 +16,28 @@
 //! then inherit unchanged, or they are given a secret file (`-- --cluster-secret-file`
 //! or `CLUSTER_SECRET_FILE`), which they read themselves; `--no-secret` starts them
 //! without one. The banner says which, never the secret itself.
+//!
+//! The replica processes are a [`LocalCluster`](crate::tools::launcher::LocalCluster) of
+//! the shared launcher; this module adds the command line, the secret, the signals and
+//! the banner.
 
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
-use nix::sys::prctl::set_pdeathsig;
-use nix::sys::signal::{Signal, kill, raise};
-use nix::unistd::{Pid, getpid, getppid};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio::signal::unix::{self, SignalKind};
+
+use crate::tools::client::Client;
+use crate::tools::launcher::{Launch, LaunchError, SECRET_ENV, SECRET_FILE_ENV};
 
 /// How long replicas get to stop before they are killed.
 const GRACE: Duration = Duration::from_secs(5);
 /// How long replicas get to list each other at start.
 const READY_DEADLINE: Duration = Duration::from_secs(15);
-/// The environment variable that carries the cluster secret to the replicas.
-const SECRET_ENV: &str = "CLUSTER_SECRET";
-/// The environment variable and the `serve` option that name a file holding the secret.
-const SECRET_FILE_ENV: &str = "CLUSTER_SECRET_FILE";
+/// Timeout of each readiness request.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The `serve` option that names a file holding the secret.
 const SECRET_FILE_OPTION: &str = "--cluster-secret-file";
 /// Random bytes in a generated cluster secret.
 const SECRET_BYTES: usize = 32;
@@ -80,11 +80,6 @@ pub enum ClusterError {
     Exited(SocketAddr, std::process::ExitStatus),
     #[error("replicas did not list each other within {0:?}")]
     NotReady(Duration),
-}
-
-struct Replica {
-    addr: SocketAddr,
-    child: Child,
 }
 
 /// Ctrl-C (SIGINT) and SIGTERM, listened for from the moment this is made.
@@ -155,15 +150,11 @@ impl Secret {
         })
     }
 
-    fn apply(&self, command: &mut Command) {
+    fn apply(&self, launch: Launch) -> Launch {
         match self {
-            Self::Generated(secret) => {
-                command.env(SECRET_ENV, secret);
-            }
-            Self::Inherited | Self::File => {}
-            Self::Disabled => {
-                command.env_remove(SECRET_ENV).env_remove(SECRET_FILE_ENV);
-            }
+            Self::Generated(secret) => launch.secret(secret),
+            Self::Inherited | Self::File => launch,
+            Self::Disabled => launch.no_secret(),
         }
     }
 
@@ -197,32 +188,28 @@ pub async fn run(args: ClusterArgs) -> Result<(), ClusterError> {
     // cluster cleanly instead of killing this process and leaving its replicas running.
     let mut signals = StopSignals::listen()?;
     let secret = Secret::choose(&args)?;
-    let view = addrs
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut replicas = Vec::new();
-    for (i, addr) in addrs.iter().enumerate() {
-        match spawn_replica(i + 1, *addr, &view, &secret, &args) {
-            Ok(replica) => replicas.push(replica),
-            Err(error) => {
-                stop_all(&mut replicas).await;
-                return Err(error);
-            }
-        }
+    let client =
+        Client::new(PROBE_TIMEOUT).map_err(|e| ClusterError::Spawn(std::io::Error::other(e)))?;
+    // Replicas are forked by the thread that drives `run` (see `Launch::die_with_parent`).
+    let mut replicas = launch(&args, &addrs, &secret).build();
+    if let Err(error) = replicas.start_all() {
+        replicas.stop(GRACE).await;
+        return Err(ClusterError::Spawn(error));
     }
+    let deadline = Instant::now() + READY_DEADLINE;
     let starting = tokio::select! {
         () = signals.recv() => None,
-        ready = wait_ready(&addrs) => Some(ready),
-        exited = first_exit(&mut replicas) => Some(Err(exited)),
+        ready = replicas.wait_ready(&client, deadline) => Some(ready.map_err(|error| match error {
+            LaunchError::Exited(exit) => ClusterError::Exited(exit.addr, exit.status),
+            LaunchError::NotReady { .. } => ClusterError::NotReady(READY_DEADLINE),
+        })),
     };
     let outcome = match starting {
         Some(Ok(())) => {
             print_banner(&addrs, &secret);
             tokio::select! {
                 () = signals.recv() => Ok(()),
-                exited = first_exit(&mut replicas) => Err(exited),
+                exit = replicas.first_exit() => Err(ClusterError::Exited(exit.addr, exit.status)),
             }
         }
         Some(Err(error)) => Err(error),
@@ -230,7 +217,7 @@ pub async fn run(args: ClusterArgs) -> Result<(), ClusterError> {
         None => Ok(()),
     };
     say(&format!("stopping {} replicas...", replicas.len()));
-    stop_all(&mut replicas).await;
+    replicas.stop(GRACE).await;
     outcome
 }
 
@@ -253,121 +240,17 @@ fn threads_per_replica(replicas: u16) -> usize {
     (cores / usize::from(replicas.max(1))).max(1)
 }
 
-fn spawn_replica(
-    number: usize,
-    addr: SocketAddr,
-    view: &str,
-    secret: &Secret,
-    args: &ClusterArgs,
-) -> Result<Replica, ClusterError> {
+/// The replicas: an equal share of the cores each, the extra `serve` options, the secret;
+/// their log lines prefixed on this command's stderr; in their own process group (Ctrl-C
+/// at the terminal reaches this command, which stops them) and dying with this command.
+fn launch(args: &ClusterArgs, addrs: &[SocketAddr], secret: &Secret) -> Launch {
     let threads = threads_per_replica(args.replicas).to_string();
-    let mut command = Command::new(std::env::current_exe()?);
-    command
-        .arg("serve")
-        .args(["--listen", &addr.to_string(), "--view", view])
+    let launch = Launch::new(addrs.to_vec())
         .env("CAUSALKV_WORKER_THREADS", threads)
         .args(&args.serve_args)
-        .env_remove("SOCKET_ADDRESS")
-        .env_remove("VIEW")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    secret.apply(&mut command);
-    // The kernel's parent-death signal fires when the *thread* that forked the child
-    // exits, not when its process does. Replicas are forked by the thread that drives
-    // `run`: the main thread under `block_on`, or a tokio worker thread, which lives as
-    // long as the runtime, i.e. as this command. Never spawn them from `spawn_blocking`,
-    // whose threads exit when idle and would take the replicas with them.
-    let parent = getpid();
-    // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe calls are allowed: it makes the prctl, getppid and (at worst)
-    // raise system calls, and neither allocates nor takes a lock.
-    unsafe {
-        command.pre_exec(move || die_with_parent(parent));
-    }
-    let mut child = command.spawn()?;
-    if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                say(&format!("[replica-{number}] {line}"));
-            }
-        });
-    }
-    Ok(Replica { addr, child })
-}
-
-/// Runs in a replica between fork and exec: asks the kernel to SIGKILL it when the cluster
-/// dies, and dies at once if the cluster already has (it was then reparented before the
-/// request took effect, and the signal would never come).
-fn die_with_parent(parent: Pid) -> std::io::Result<()> {
-    set_pdeathsig(Signal::SIGKILL)?;
-    if getppid() != parent {
-        // SIGKILL cannot be caught; the error is for the impossible case it returns.
-        raise(Signal::SIGKILL)?;
-        return Err(std::io::Error::from_raw_os_error(
-            nix::errno::Errno::ESRCH as i32,
-        ));
-    }
-    Ok(())
-}
-
-/// Polls `GET /view` on every replica until each lists all of them.
-async fn wait_ready(addrs: &[SocketAddr]) -> Result<(), ClusterError> {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(1))
-        .build()
-        .map_err(|e| ClusterError::Spawn(std::io::Error::other(e)))?;
-    let deadline = tokio::time::Instant::now() + READY_DEADLINE;
-    for addr in addrs {
-        while view_size(&client, *addr).await != Some(addrs.len()) {
-            if tokio::time::Instant::now() > deadline {
-                return Err(ClusterError::NotReady(READY_DEADLINE));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    Ok(())
-}
-
-async fn view_size(client: &reqwest::Client, addr: SocketAddr) -> Option<usize> {
-    let response = client
-        .get(format!("http://{addr}/view"))
-        .send()
-        .await
-        .ok()?;
-    let body: serde_json::Value = response.json().await.ok()?;
-    Some(body.get("view")?.as_array()?.len())
-}
-
-async fn first_exit(replicas: &mut [Replica]) -> ClusterError {
-    loop {
-        for replica in replicas.iter_mut() {
-            if let Ok(Some(status)) = replica.child.try_wait() {
-                return ClusterError::Exited(replica.addr, status);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn stop_all(replicas: &mut [Replica]) {
-    for replica in replicas.iter() {
-        if let Some(pid) = replica.child.id().and_then(|id| i32::try_from(id).ok()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-    }
-    for replica in replicas.iter_mut() {
-        if tokio::time::timeout(GRACE, replica.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = replica.child.kill().await;
-        }
-    }
+        .own_process_group()
+        .die_with_parent();
+    secret.apply(launch)
 }
 
 /// A line on stderr; a closed stderr is no reason to stop (or panic, as `eprintln!` would).

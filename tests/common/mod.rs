@@ -4,14 +4,16 @@
 //! clients do: over HTTP, against real processes (or containers). This module gives
 //! them one way to do that:
 //!
-//! - [`TestCluster`] starts N `causalkv serve` processes on loopback ports chosen
-//!   free per test, waits (by polling, never by sleeping) until each one is ready,
-//!   can kill a replica and restart it with the same address and full view, keeps
-//!   each replica's stderr in a file under the target tmp dir, prints the tail of
-//!   those files when the test fails, and kills every process when dropped.
+//! - [`TestCluster`] is the crate's own launcher ([`LocalCluster`]) set up for tests:
+//!   N `causalkv serve` processes on loopback ports chosen free per test, waited for
+//!   (by polling, never by sleeping) until each one is ready, a replica killed and
+//!   restarted with the same address and full view, each replica's output kept in a
+//!   file under the target tmp dir, the tail of those files printed when the test
+//!   fails, every process killed when dropped.
 //! - [`Node`] is an HTTP client for one replica, with helpers for every route of
 //!   the contract; [`Reply`] is what a replica answered.
-//! - [`Session`] is a client session that sends back the latest causal metadata.
+//! - [`Session`] is the crate's client session; [`InSession`] sends a [`Node`]'s raw
+//!   requests in one, carrying the latest causal metadata.
 //! - [`poll_until`] and [`until_served`] wait for a condition up to a deadline.
 //!
 //! Each test crate uses a different part of this module, hence `dead_code` is
@@ -24,14 +26,16 @@ pub mod pki;
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write as _;
-use std::net::TcpListener;
+use std::fs;
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use causalkv::tools::client::Client;
+pub use causalkv::tools::client::Session;
+pub use causalkv::tools::launcher::tail;
+use causalkv::tools::launcher::{self, Launch, LaunchError, LocalCluster};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -54,8 +58,6 @@ pub const CONTRACT_HEAL: Duration = Duration::from_secs(5);
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const LOG_TAIL_LINES: usize = 60;
-/// A key the readiness probe reads (never written by any test).
-const PROBE_KEY: &str = "readiness-probe";
 
 /// The instant `after` from now.
 pub fn within(after: Duration) -> Instant {
@@ -368,18 +370,16 @@ impl Node {
     }
 }
 
+/// The client readiness is checked with (the launcher's).
+fn probe_client() -> Client {
+    Client::new(REQUEST_TIMEOUT).expect("build the readiness client")
+}
+
 /// `Ok` when `node` is ready: its view lists every address of `expected`, and
-/// a KVS read answers something other than 503 (its bootstrap is done).
+/// a KVS read answers something other than 503 (its bootstrap is done); the
+/// launcher's check ([`launcher::ready_check`]).
 pub async fn ready_check(node: &Node, expected: &BTreeSet<String>) -> Result<(), String> {
-    let view = node.try_view().await?;
-    if !view.is_superset(expected) {
-        return Err(format!("view {view:?} lacks some of {expected:?}"));
-    }
-    let read = node.try_get(PROBE_KEY, &Value::Null).await?;
-    match read.status {
-        503 => Err(format!("still bootstrapping: {read}")),
-        _ => Ok(()),
-    }
+    launcher::ready_check(&probe_client(), node.addr(), expected).await
 }
 
 /// The view listed by a `200 {"view": [...]}` answer.
@@ -411,73 +411,69 @@ pub fn kvs_path(key: &str) -> String {
     path
 }
 
-/// A client session: sends back the causal metadata of the latest answer that
-/// carried one, as the contract tells clients to.
-#[derive(Debug, Clone, Default)]
-pub struct Session {
-    pub meta: Value,
-}
-
-impl Session {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub async fn put(&mut self, node: &Node, key: &str, value: Value) -> Reply {
-        let reply = node.put(key, value, &self.meta).await;
-        self.observe(&reply);
-        reply
-    }
-
-    pub async fn get(&mut self, node: &Node, key: &str) -> Reply {
-        let reply = node.get(key, &self.meta).await;
-        self.observe(&reply);
-        reply
-    }
-
-    pub async fn delete(&mut self, node: &Node, key: &str) -> Reply {
-        let reply = node.delete(key, &self.meta).await;
-        self.observe(&reply);
-        reply
-    }
-
+/// Requests through a [`Node`] in a [`Session`]: each sends the session's metadata
+/// and the session adopts the answer's (if it has one that is not null), as the
+/// contract tells clients to.
+pub trait InSession {
+    /// The metadata the next request carries.
+    fn meta(&self) -> &Value;
     /// Keeps the answer's metadata, if it has any.
-    pub fn observe(&mut self, reply: &Reply) {
-        if let Some(meta) = reply.body.get("causal-metadata")
-            && !meta.is_null()
-        {
-            self.meta = meta.clone();
-        }
+    fn observe(&mut self, reply: &Reply);
+    fn put_at(
+        &mut self,
+        node: &Node,
+        key: &str,
+        value: Value,
+    ) -> impl Future<Output = Reply> + Send;
+    fn get_at(&mut self, node: &Node, key: &str) -> impl Future<Output = Reply> + Send;
+    fn delete_at(&mut self, node: &Node, key: &str) -> impl Future<Output = Reply> + Send;
+}
+
+impl InSession for Session {
+    fn meta(&self) -> &Value {
+        &self.metadata().0
+    }
+
+    fn observe(&mut self, reply: &Reply) {
+        self.observe_json(&reply.body);
+    }
+
+    async fn put_at(&mut self, node: &Node, key: &str, value: Value) -> Reply {
+        let reply = node.put(key, value, self.meta()).await;
+        self.observe(&reply);
+        reply
+    }
+
+    async fn get_at(&mut self, node: &Node, key: &str) -> Reply {
+        let reply = node.get(key, self.meta()).await;
+        self.observe(&reply);
+        reply
+    }
+
+    async fn delete_at(&mut self, node: &Node, key: &str) -> Reply {
+        let reply = node.delete(key, self.meta()).await;
+        self.observe(&reply);
+        reply
     }
 }
 
-/// `n` distinct loopback socket addresses that were free a moment ago (each
-/// found by binding port 0; all are held at once so none repeats).
+/// `n` distinct loopback socket addresses that were free a moment ago.
 pub fn free_addrs(n: usize) -> Vec<String> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port"))
-        .collect();
-    listeners
+    launcher::free_loopback_addrs(n)
+        .expect("bind free loopback ports")
         .iter()
-        .map(|listener| listener.local_addr().expect("local address").to_string())
+        .map(ToString::to_string)
         .collect()
 }
 
-/// One replica process of a [`TestCluster`].
-struct Replica {
-    node: Node,
-    child: Option<Child>,
-    log: PathBuf,
-    starts: usize,
-}
-
-/// N `causalkv serve` processes on loopback, all with the same full view. Every
-/// process is killed when the cluster is dropped; if the test is failing then,
-/// the tail of each replica's log is printed.
+/// N `causalkv serve` processes on loopback, all with the same full view, each
+/// logging to a file: the crate's [`LocalCluster`] with a [`Node`] per replica.
+/// Every process is killed when the cluster is dropped; if the test is failing
+/// then, the tail of each replica's log is printed.
 pub struct TestCluster {
     name: String,
-    args: Vec<String>,
-    replicas: Vec<Replica>,
+    replicas: LocalCluster,
+    nodes: Vec<Node>,
 }
 
 impl TestCluster {
@@ -495,51 +491,59 @@ impl TestCluster {
     }
 
     /// Starts the processes without waiting for them.
+    ///
+    /// Replica 0 runs the single-threaded runtime (`--worker-threads 1`, as
+    /// `causalkv cluster` runs replicas on a small machine), the others the default
+    /// multi-threaded one, so that every test exercises both.
     pub fn spawn(name: &str, n: usize, args: &[&str]) -> Self {
-        let log_dir = log_dir(name);
-        let replicas = free_addrs(n)
-            .into_iter()
-            .enumerate()
-            .map(|(i, addr)| Replica {
-                node: Node::new(addr),
-                child: None,
-                log: log_dir.join(format!("replica-{i}.log")),
-                starts: 0,
-            })
-            .collect();
-        let mut cluster = TestCluster {
-            name: name.to_owned(),
-            args: args.iter().map(|arg| arg.to_string()).collect(),
-            replicas,
-        };
+        let addrs = launcher::free_loopback_addrs(n).expect("bind free loopback ports");
+        let log_level = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+        let mut launch = Launch::new(addrs)
+            .program(env!("CARGO_BIN_EXE_causalkv"))
+            .name(name)
+            .log_dir(log_dir(name))
+            .args(args)
+            .env("RUST_LOG", log_level);
         for i in 0..n {
-            cluster.launch(i);
+            launch =
+                launch.replica_env(i, "CAUSALKV_WORKER_THREADS", if i == 0 { "1" } else { "2" });
         }
-        cluster
+        let mut replicas = launch.build();
+        replicas.start_all().expect("spawn causalkv");
+        let nodes = replicas
+            .addrs()
+            .iter()
+            .map(|addr| Node::new(addr.to_string()))
+            .collect();
+        TestCluster {
+            name: name.to_owned(),
+            replicas,
+            nodes,
+        }
     }
 
     /// Number of replicas (running or killed).
     pub fn len(&self) -> usize {
-        self.replicas.len()
+        self.nodes.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.replicas.is_empty()
+        self.nodes.is_empty()
     }
 
     /// The client of replica `i`.
     pub fn node(&self, i: usize) -> &Node {
-        &self.replicas[i].node
+        &self.nodes[i]
     }
 
     /// Clients of every replica, in order.
     pub fn nodes(&self) -> Vec<&Node> {
-        self.replicas.iter().map(|replica| &replica.node).collect()
+        self.nodes.iter().collect()
     }
 
     /// Socket address of replica `i`.
     pub fn addr(&self, i: usize) -> String {
-        self.replicas[i].node.addr().to_owned()
+        self.nodes[i].addr().to_owned()
     }
 
     /// Socket addresses of every replica: the full view.
@@ -549,112 +553,62 @@ impl TestCluster {
 
     /// The process id of replica `i`, while it runs.
     pub fn pid(&self, i: usize) -> Option<u32> {
-        self.replicas[i].child.as_ref().map(Child::id)
+        self.replicas.pid(i)
     }
 
     /// Everything replica `i` logged so far (all its lives).
     pub fn log_text(&self, i: usize) -> String {
-        fs::read_to_string(&self.replicas[i].log).unwrap_or_default()
+        self.replicas.log_text(i)
     }
 
     /// Indexes of the replicas whose process is running.
     pub fn running(&self) -> Vec<usize> {
-        (0..self.len())
-            .filter(|&i| self.replicas[i].child.is_some())
-            .collect()
+        self.replicas.running()
     }
 
     /// Kills replica `i` abruptly (SIGKILL) and reaps it.
     pub fn kill(&mut self, i: usize) {
-        let mut child = self.replicas[i]
-            .child
-            .take()
-            .unwrap_or_else(|| panic!("replica {i} is not running"));
-        stop(&mut child);
+        assert!(self.replicas.kill(i), "replica {i} is not running");
     }
 
     /// Starts replica `i` again, with its old address and the full view; does
     /// not wait for it (see [`TestCluster::wait_ready`]).
     pub fn restart(&mut self, i: usize) {
-        assert!(self.replicas[i].child.is_none(), "replica {i} is running");
-        self.launch(i);
+        assert!(!self.replicas.is_running(i), "replica {i} is running");
+        self.replicas.start(i).expect("spawn causalkv");
     }
 
     /// Waits until every running replica lists every running replica in its view
     /// and answers a KVS read other than 503 (bootstrap done). Panics if a
     /// process exits or `deadline` passes.
     pub async fn wait_ready(&mut self, deadline: Instant) {
-        let expected: BTreeSet<String> = self.running().iter().map(|&i| self.addr(i)).collect();
-        for i in self.running() {
-            let what = format!("replica {i} ({}) is ready", self.addr(i));
-            poll_until(deadline, &what, async || self.probe(i, &expected).await).await;
+        // A client of its own, dropped with its connections once done, so that a killed
+        // and restarted replica never meets a stale connection.
+        match self.replicas.wait_ready(&probe_client(), deadline).await {
+            Ok(()) => {}
+            Err(LaunchError::Exited(exit)) => panic!(
+                "replica {} ({}) exited with {}; its log:\n{}",
+                exit.index,
+                exit.addr,
+                exit.status,
+                self.replicas.log_tail(exit.index, LOG_TAIL_LINES)
+            ),
+            Err(LaunchError::NotReady { index, addr, last }) => panic!(
+                "timed out waiting until replica {index} ({addr}) is ready; last seen: {last}"
+            ),
         }
-    }
-
-    /// One readiness check of replica `i`.
-    async fn probe(&mut self, i: usize, expected: &BTreeSet<String>) -> Result<(), String> {
-        self.assert_alive(i);
-        ready_check(&self.replicas[i].node, expected).await
-    }
-
-    /// Panics (with the replica's log) if replica `i`'s process has exited.
-    fn assert_alive(&mut self, i: usize) {
-        let replica = &mut self.replicas[i];
-        let child = replica.child.as_mut().expect("replica is running");
-        if let Some(status) = child.try_wait().expect("check replica process") {
-            panic!(
-                "replica {i} ({}) exited with {status}; its log:\n{}",
-                replica.node.addr(),
-                tail(&replica.log, LOG_TAIL_LINES)
-            );
-        }
-    }
-
-    /// Spawns the process of replica `i`, its output appended to its log.
-    fn launch(&mut self, i: usize) {
-        let view = Vec::from_iter(self.addrs()).join(",");
-        let replica = &mut self.replicas[i];
-        replica.starts += 1;
-        let mut log = open_log(&replica.log);
-        writeln!(
-            log,
-            "===== {} replica {i} at {}: start #{} =====",
-            self.name,
-            replica.node.addr(),
-            replica.starts
-        )
-        .expect("write replica log");
-        let stdout = log.try_clone().expect("clone log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_causalkv"))
-            .args(["serve", "--listen", replica.node.addr(), "--view", &view])
-            .args(&self.args)
-            .env_remove("SOCKET_ADDRESS")
-            .env_remove("VIEW")
-            // Replica 0 runs the single-threaded runtime (`--worker-threads 1`, as
-            // `causalkv cluster` runs replicas on a small machine), the others the default
-            // multi-threaded one, so that every test exercises both.
-            .env("CAUSALKV_WORKER_THREADS", if i == 0 { "1" } else { "2" })
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(log)
-            .spawn()
-            .expect("spawn causalkv");
-        replica.child = Some(child);
     }
 
     /// Prints the last lines of every replica's log to stderr.
     fn print_logs(&self) {
-        for (i, replica) in self.replicas.iter().enumerate() {
+        for i in 0..self.len() {
+            let log = self.replicas.log_path(i).unwrap_or_default();
             eprintln!(
                 "----- {} replica {i} ({}), last {LOG_TAIL_LINES} lines of {} -----\n{}",
                 self.name,
-                replica.node.addr(),
-                replica.log.display(),
-                tail(&replica.log, LOG_TAIL_LINES)
+                self.addr(i),
+                log.display(),
+                self.replicas.log_tail(i, LOG_TAIL_LINES)
             );
         }
     }
@@ -662,21 +616,11 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
-        for replica in &mut self.replicas {
-            if let Some(mut child) = replica.child.take() {
-                stop(&mut child);
-            }
-        }
+        self.replicas.kill_all();
         if std::thread::panicking() {
             self.print_logs();
         }
     }
-}
-
-fn stop(child: &mut Child) {
-    // Killing a process that already exited fails harmlessly; reap it either way.
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// A fresh directory for one cluster's logs under the target tmp dir.
@@ -689,19 +633,4 @@ fn log_dir(name: &str) -> PathBuf {
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).expect("create log directory");
     dir
-}
-
-fn open_log(path: &Path) -> File {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .expect("open replica log")
-}
-
-/// The last `lines` lines of the file at `path`.
-pub fn tail(path: &Path, lines: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_else(|err| format!("<unreadable: {err}>"));
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

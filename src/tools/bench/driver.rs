@@ -4,6 +4,10 @@
 //! `/v3/kv/range`, keys and values base64), so that both are measured by the same loop.
 //! Contract replicas may be `https://` (with a CA, [`DriverConfig::tls_ca`]); etcd is
 //! spoken to over plain HTTP.
+//!
+//! A benchmark session is a [`Session`] pinned to one endpoint with one attempt per
+//! request ([`RetryPolicy::single_attempt`]): every answer, a 503 included, is recorded as
+//! it came. For etcd only its endpoint matters.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,7 +22,8 @@ use serde_json::Value;
 use super::BenchError;
 use super::stats::Status;
 use super::workload::OpKind;
-use crate::tools::client::{Client, ClientError, Metadata};
+use crate::tools::client::session::RetryPolicy;
+use crate::tools::client::{Client, ClientError, Outcome, Session};
 
 /// Which protocol the benchmark speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -37,15 +42,6 @@ impl Target {
             Target::Etcd => "etcd",
         }
     }
-}
-
-/// What one benchmark session carries from request to request.
-#[derive(Debug)]
-pub struct Session {
-    /// Index of the endpoint this session talks to.
-    pub endpoint: usize,
-    /// The causal metadata of the latest answer (contract targets only).
-    pub metadata: Metadata,
 }
 
 /// Sends one operation to the target.
@@ -75,23 +71,31 @@ impl Driver {
             return Err(BenchError::Usage("at least one --replica is needed".into()));
         }
         let payload = payload(config.value_size);
+        let session = Session::new(config.endpoints.clone())
+            .map_err(|e| BenchError::Usage(e.to_string()))?
+            .with_retry(RetryPolicy::single_attempt());
         Ok(match config.target {
             Target::Causalkv => Driver::Contract(ContractDriver {
                 client: Client::with_tls_ca(config.timeout, config.tls_ca.as_deref())
                     .map_err(|e| BenchError::Setup(e.to_string()))?,
-                endpoints: config.endpoints.clone(),
+                session,
                 value: Value::String(payload),
             }),
-            Target::Etcd => Driver::Etcd(EtcdDriver::new(config, &payload)?),
+            Target::Etcd => Driver::Etcd(EtcdDriver::new(config, &payload, session)?),
         })
+    }
+
+    /// A fresh session over every endpoint, at the first: what [`Driver::session`] copies.
+    fn fresh(&self) -> &Session {
+        match self {
+            Driver::Contract(d) => &d.session,
+            Driver::Etcd(d) => &d.session,
+        }
     }
 
     /// Number of endpoints sessions are spread over.
     pub fn endpoints(&self) -> usize {
-        match self {
-            Driver::Contract(d) => d.endpoints.len(),
-            Driver::Etcd(d) => d.put_urls.len(),
-        }
+        self.fresh().replicas().len()
     }
 
     /// Checks that every endpoint answers (the contract's `GET /view`, or an etcd range).
@@ -109,7 +113,7 @@ impl Driver {
         };
         match self {
             Driver::Contract(d) => {
-                let endpoint = &d.endpoints[index];
+                let endpoint = &d.session.replicas()[index];
                 d.client
                     .view(endpoint)
                     .await
@@ -128,10 +132,7 @@ impl Driver {
 
     /// A fresh session on endpoint `index` (modulo the number of endpoints).
     pub fn session(&self, index: usize) -> Session {
-        Session {
-            endpoint: index % self.endpoints().max(1),
-            metadata: Metadata::default(),
-        }
+        self.fresh().clone().starting_at(index)
     }
 
     /// Runs one operation on `key` and says how it ended.
@@ -156,58 +157,34 @@ pub fn payload(value_size: usize) -> String {
 #[derive(Debug)]
 pub struct ContractDriver {
     client: Client,
-    endpoints: Vec<String>,
+    /// A fresh session over the endpoints.
+    session: Session,
     value: Value,
 }
 
 impl ContractDriver {
-    fn endpoint(&self, session: &Session) -> &str {
-        &self.endpoints[session.endpoint % self.endpoints.len()]
-    }
-
+    /// A `GET`: the session sends its metadata and takes the answer's (a 404's too).
     async fn read(&self, session: &mut Session, key: &str) -> Status {
-        let answer = self
-            .client
-            .get(self.endpoint(session), key, &session.metadata)
-            .await;
-        match answer {
-            Ok(reply) => {
-                session.metadata = reply.metadata;
-                Status::Http(200)
-            }
-            Err(error) => error_status(session, error),
+        match session.get(&self.client, key).await {
+            Ok(Some(_)) => Status::Http(200),
+            Ok(None) => Status::Http(404),
+            Err(error) => error_status(error),
         }
     }
 
     async fn update(&self, session: &mut Session, key: &str) -> Status {
-        let answer = self
-            .client
-            .put(self.endpoint(session), key, &self.value, &session.metadata)
-            .await;
-        match answer {
-            Ok(reply) => {
-                let status = match reply.outcome {
-                    crate::tools::client::Outcome::Created => 201,
-                    _ => 200,
-                };
-                session.metadata = reply.metadata;
-                Status::Http(status)
-            }
-            Err(error) => error_status(session, error),
+        match session.put(&self.client, key, &self.value).await {
+            Ok(Outcome::Created) => Status::Http(201),
+            Ok(_) => Status::Http(200),
+            Err(error) => error_status(error),
         }
     }
 }
 
-/// The status behind a client error; a 404 that carries metadata still advances the
-/// session.
-fn error_status(session: &mut Session, error: ClientError) -> Status {
+/// The status behind a client error.
+fn error_status(error: ClientError) -> Status {
     match error {
-        ClientError::NotFound { metadata } => {
-            if let Some(metadata) = metadata {
-                session.metadata = metadata;
-            }
-            Status::Http(404)
-        }
+        ClientError::NotFound { .. } => Status::Http(404),
         ClientError::CausalTimeout { .. } => Status::Http(503),
         ClientError::BadRequest(_) => Status::Http(400),
         ClientError::NoSuchReplica => Status::Http(404),
@@ -223,6 +200,8 @@ fn error_status(session: &mut Session, error: ClientError) -> Status {
 #[derive(Debug)]
 pub struct EtcdDriver {
     http: reqwest::Client,
+    /// A fresh session over the endpoints (only its endpoint is used).
+    session: Session,
     put_urls: Vec<String>,
     range_urls: Vec<String>,
     value_b64: String,
@@ -238,7 +217,11 @@ struct RangeAnswer {
 }
 
 impl EtcdDriver {
-    fn new(config: &DriverConfig, payload: &str) -> Result<EtcdDriver, BenchError> {
+    fn new(
+        config: &DriverConfig,
+        payload: &str,
+        session: Session,
+    ) -> Result<EtcdDriver, BenchError> {
         let http = crate::tools::client::pooled_http()
             .map_err(|e| BenchError::Setup(format!("cannot build an HTTP client: {e}")))?;
         let urls = |path: &str| {
@@ -250,6 +233,7 @@ impl EtcdDriver {
         };
         Ok(EtcdDriver {
             http,
+            session,
             put_urls: urls("/v3/kv/put"),
             range_urls: urls("/v3/kv/range"),
             value_b64: BASE64.encode(payload),
@@ -264,7 +248,7 @@ impl EtcdDriver {
             BASE64.encode(key),
             self.serializable
         );
-        let url = &self.range_urls[session.endpoint % self.range_urls.len()];
+        let url = &self.range_urls[session.replica_index() % self.range_urls.len()];
         match self.post(url, body).await {
             Ok((200, bytes)) => match serde_json::from_slice::<RangeAnswer>(&bytes) {
                 Ok(answer) if answer.kvs.is_empty() => Status::Http(404),
@@ -282,7 +266,7 @@ impl EtcdDriver {
             BASE64.encode(key),
             self.value_b64
         );
-        let url = &self.put_urls[session.endpoint % self.put_urls.len()];
+        let url = &self.put_urls[session.replica_index() % self.put_urls.len()];
         match self.post(url, body).await {
             Ok((status, _)) => Status::Http(status),
             Err(status) => status,
@@ -326,31 +310,23 @@ mod tests {
 
     #[test]
     fn client_errors_map_to_statuses() {
-        let mut session = Session {
-            endpoint: 0,
-            metadata: Metadata::default(),
-        };
-        let meta = Metadata(serde_json::json!("m1"));
-        let not_found = ClientError::NotFound {
-            metadata: Some(meta.clone()),
-        };
-        assert_eq!(error_status(&mut session, not_found), Status::Http(404));
-        assert_eq!(session.metadata, meta, "a 404's metadata is kept");
+        let not_found = ClientError::NotFound { metadata: None };
+        assert_eq!(error_status(not_found), Status::Http(404));
         let busy = ClientError::CausalTimeout {
             replica: "r".into(),
         };
-        assert_eq!(error_status(&mut session, busy), Status::Http(503));
+        assert_eq!(error_status(busy), Status::Http(503));
         let down = ClientError::Unreachable {
             replica: "r".into(),
             reason: "refused".into(),
         };
-        assert_eq!(error_status(&mut session, down), Status::Transport);
+        assert_eq!(error_status(down), Status::Transport);
         let garbled = ClientError::Unexpected {
             replica: "r".into(),
             status: 200,
             body: "<html>".into(),
         };
-        assert_eq!(error_status(&mut session, garbled), Status::Transport);
+        assert_eq!(error_status(garbled), Status::Transport);
     }
 
     #[test]
@@ -364,7 +340,7 @@ mod tests {
             tls_ca: None,
         };
         let driver = Driver::new(&config).unwrap();
-        let spread: Vec<usize> = (0..6).map(|i| driver.session(i).endpoint).collect();
+        let spread: Vec<usize> = (0..6).map(|i| driver.session(i).replica_index()).collect();
         assert_eq!(spread, [0, 1, 2, 0, 1, 2]);
         let empty = DriverConfig {
             endpoints: vec![],

@@ -16,10 +16,11 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use super::BenchError;
-use super::driver::{Driver, Session};
+use super::driver::Driver;
 use super::progress::{Goal, Progress};
 use super::stats::{Recorder, Status};
 use super::workload::{KeyChooser, OpKind, Workload};
+use crate::tools::client::Session;
 
 /// Pause after a request that got no answer, so that a dead target is not spun on.
 const ERROR_PAUSE: Duration = Duration::from_millis(10);

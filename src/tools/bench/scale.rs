@@ -9,27 +9,25 @@
 //! session, when it holds every session's writes, and when every replica lists it again;
 //! meanwhile it samples every replica's memory, to show what the transfer costs.
 //!
-//! Every process is started with `kill_on_drop`, and the run stops at Ctrl-C or SIGTERM,
-//! so no replica outlives the benchmark.
+//! The replicas are a [`LocalCluster`] of the shared launcher, their logs in a temporary
+//! directory; it kills them when dropped, and the run stops at Ctrl-C or SIGTERM, so no
+//! replica outlives the benchmark.
 
 use std::fmt::Write as _;
-use std::fs::{File, OpenOptions};
 use std::io::IsTerminal;
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::process::{Child, Command};
 
-use super::driver::{Driver, DriverConfig, Session, Target};
+use super::driver::{Driver, DriverConfig, Target};
 use super::load::{self, Prepopulation};
 use super::progress::{Progress, group_digits};
 use super::{BenchArgs, BenchError};
-use crate::tools::client::{Client, ClientError, Outcome};
+use crate::tools::client::{Client, ClientError, Outcome, Session};
+use crate::tools::launcher::{self, Launch, LocalCluster};
 
 const REPLICAS: usize = 3;
 /// Longest wait for the cluster to list all its replicas at start.
@@ -130,7 +128,7 @@ pub async fn run(args: &BenchArgs) -> Result<(), BenchError> {
 }
 
 async fn scale(args: &BenchArgs) -> Result<ScaleReport, BenchError> {
-    let mut cluster = LocalCluster::start(REPLICAS)?;
+    let mut cluster = Replicas::start(REPLICAS)?;
     let client = Client::new(REQUEST_TIMEOUT).map_err(|e| BenchError::Setup(e.to_string()))?;
     note(
         args,
@@ -187,7 +185,7 @@ fn note(args: &BenchArgs, message: &str) {
 
 async fn load_data(
     args: &BenchArgs,
-    cluster: &LocalCluster,
+    cluster: &Replicas,
 ) -> Result<(Vec<Session>, Prepopulation), BenchError> {
     let config = DriverConfig {
         target: Target::Causalkv,
@@ -222,7 +220,7 @@ fn session_checks(sessions: &[Session], keys: &[String]) -> Vec<Check> {
             // Keys were dealt round-robin: this session's are index, index + stride, ...
             let last = index + keys.len().checked_sub(index + 1)? / stride * stride;
             Some(Check {
-                metadata: session.metadata.clone(),
+                metadata: session.metadata().clone(),
                 key: keys[last].clone(),
             })
         })
@@ -252,18 +250,18 @@ fn memory_report(
 
 /// Kills the last replica, restarts it, and times its recovery.
 async fn restart(
-    cluster: &mut LocalCluster,
+    cluster: &mut Replicas,
     client: &Client,
     checks: &[Check],
     value_size: usize,
 ) -> Result<Restart, BenchError> {
     let victim = REPLICAS - 1;
     let addr = cluster.addrs[victim].clone();
-    cluster.kill(victim).await;
-    cluster.spawn(victim)?;
+    cluster.processes.kill(victim);
+    cluster.processes.start(victim)?;
     let started = Instant::now();
     let deadline = started + RECOVERY_DEADLINE;
-    let sampler = Sampler::start(cluster.pids());
+    let sampler = Sampler::start(cluster.processes.pids());
     let answers_s = until(deadline, || async { client.view(&addr).await.is_ok() })
         .await
         .then(|| started.elapsed().as_secs_f64());
@@ -306,7 +304,7 @@ async fn restart(
 
 /// Every replica's memory once none has changed by more than 1% for [`SETTLE_QUIET`]
 /// (or at [`SETTLE_DEADLINE`]): what holding the data costs, not the load's buffers.
-async fn settled_memory(cluster: &LocalCluster) -> Result<Vec<Memory>, BenchError> {
+async fn settled_memory(cluster: &Replicas) -> Result<Vec<Memory>, BenchError> {
     let deadline = Instant::now() + SETTLE_DEADLINE;
     let mut last = cluster.memory_all()?;
     let mut quiet_since = Instant::now();
@@ -429,71 +427,34 @@ impl Sampler {
     }
 }
 
-/// Replicas of this binary on loopback, killed when dropped.
-struct LocalCluster {
-    dir: PathBuf,
+/// The replicas (the shared launcher's [`LocalCluster`]), their addresses as clients name
+/// them, and the directory of their logs.
+struct Replicas {
+    processes: LocalCluster,
     addrs: Vec<String>,
-    children: Vec<Option<Child>>,
+    dir: PathBuf,
 }
 
-impl LocalCluster {
-    fn start(n: usize) -> Result<LocalCluster, BenchError> {
+impl Replicas {
+    /// Starts `n` replicas of this binary on free loopback ports, logging to a fresh
+    /// temporary directory.
+    fn start(n: usize) -> Result<Replicas, BenchError> {
         let dir = std::env::temp_dir().join(format!("causalkv-scale-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let mut cluster = LocalCluster {
+        let mut processes = Launch::new(launcher::free_loopback_addrs(n)?)
+            .name("scale")
+            .log_dir(&dir)
+            .build();
+        processes.start_all()?;
+        let addrs = processes.addrs().iter().map(ToString::to_string).collect();
+        Ok(Replicas {
+            processes,
+            addrs,
             dir,
-            addrs: free_addrs(n)?,
-            children: (0..n).map(|_| None).collect(),
-        };
-        for i in 0..n {
-            cluster.spawn(i)?;
-        }
-        Ok(cluster)
-    }
-
-    fn spawn(&mut self, i: usize) -> Result<(), BenchError> {
-        let log = self.log(i)?;
-        let child = Command::new(std::env::current_exe()?)
-            .args([
-                "serve",
-                "--listen",
-                &self.addrs[i],
-                "--view",
-                &self.addrs.join(","),
-            ])
-            .env_remove("SOCKET_ADDRESS")
-            .env_remove("VIEW")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()?;
-        self.children[i] = Some(child);
-        Ok(())
-    }
-
-    fn log(&self, i: usize) -> Result<File, BenchError> {
-        Ok(OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("replica-{i}.log")))?)
-    }
-
-    async fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.children[i].take() {
-            let _ = child.kill().await;
-        }
-    }
-
-    fn pids(&self) -> Vec<Option<u32>> {
-        self.children
-            .iter()
-            .map(|c| c.as_ref().and_then(Child::id))
-            .collect()
+        })
     }
 
     fn memory(&self, i: usize) -> Result<Memory, BenchError> {
-        let pid = self.pids()[i];
+        let pid = self.processes.pid(i);
         pid.and_then(Memory::of).ok_or_else(|| {
             BenchError::Setup(format!(
                 "replica {} is not running (see {})",
@@ -514,14 +475,15 @@ impl LocalCluster {
 
     async fn wait_ready(&mut self, client: &Client) -> Result<(), BenchError> {
         let deadline = Instant::now() + READY_DEADLINE;
-        if until(deadline, || self.all_listed(client)).await {
-            Ok(())
-        } else {
-            Err(BenchError::Setup(format!(
-                "the replicas did not list each other within {READY_DEADLINE:?} (see {})",
-                self.dir.display()
-            )))
-        }
+        self.processes
+            .wait_ready(client, deadline)
+            .await
+            .map_err(|e| {
+                BenchError::Setup(format!(
+                    "the replicas were not ready within {READY_DEADLINE:?}: {e} (see {})",
+                    self.dir.display()
+                ))
+            })
     }
 
     /// True when every replica answers `GET /view` with all of them.
@@ -539,17 +501,6 @@ impl LocalCluster {
     fn cleanup(&self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// `n` loopback addresses that were free a moment ago.
-fn free_addrs(n: usize) -> Result<Vec<String>, BenchError> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.to_string()))
-        .collect()
 }
 
 impl ScaleReport {
@@ -673,9 +624,8 @@ mod tests {
     #[test]
     fn each_session_is_checked_on_its_last_key() {
         let sessions: Vec<Session> = (0..3)
-            .map(|i| Session {
-                endpoint: i,
-                metadata: crate::tools::client::Metadata(Value::from(i)),
+            .map(|i| {
+                Session::default().with_metadata(crate::tools::client::Metadata(Value::from(i)))
             })
             .collect();
         let keys = load::key_names(7);

@@ -8,6 +8,11 @@
 //! when one is down, and retries a `503` (a replica that has not yet applied what the
 //! session saw) on the others and then again after a bounded exponential backoff.
 //!
+//! It is the only session type: the CLI, the benchmark's load generator and the
+//! integration tests all carry their metadata in one. Requests borrow a shared
+//! [`Client`], and an answer's metadata is moved into the session, never copied, so a
+//! request through a session costs what the bare client's request costs.
+//!
 //! The routing and retry decisions are pure ([`RetryPolicy::backoff`], [`Retries`],
 //! [`Spread`]) so they are tested without a network.
 
@@ -52,6 +57,16 @@ impl RetryPolicy {
     /// A policy that never retries (failover over the replicas still happens once).
     pub fn no_backoff_rounds() -> Self {
         RetryPolicy {
+            max_total: Duration::ZERO,
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// One attempt per request: no failover, no retry. A session with it stays on its
+    /// replica and reports each answer as it came (the benchmark's sessions).
+    pub fn single_attempt() -> Self {
+        RetryPolicy {
+            max_attempts: 1,
             max_total: Duration::ZERO,
             ..RetryPolicy::default()
         }
@@ -143,40 +158,48 @@ impl Spread {
     }
 }
 
-/// The replicas of a session and where the next request goes.
-#[derive(Clone, Debug)]
-struct Router {
-    replicas: Vec<String>,
+/// Where a session's requests go: the next replica, how requests spread and are retried.
+#[derive(Clone, Copy, Debug, Default)]
+struct Route {
     spread: Spread,
     retry: RetryPolicy,
     next: usize,
 }
 
-impl Router {
-    /// Runs `attempt` against the replicas, from the next one on, with failover and
-    /// retries; the first answer that is not retryable is the result.
+impl Route {
+    /// Runs `attempt` against `replicas`, from the next one on, with failover and retries;
+    /// the first answer that is not retryable is the result.
     ///
-    /// `attempt` takes the replica by value: a closure over borrowed arguments keeps the
-    /// request future `Send`, which `AsyncFnMut(&str)` does not (its higher-ranked
-    /// lifetime defeats the auto-trait check).
-    async fn call<T, F>(&mut self, mut attempt: impl FnMut(String) -> F) -> Result<T, ClientError>
+    /// `attempt` gets the replica borrowed for `'a`, the borrow of the whole list, so its
+    /// future may hold it without a copy, and stays `Send` (an `AsyncFnMut(&str)` would
+    /// not be: its higher-ranked lifetime defeats the auto-trait check).
+    async fn call<'a, T, F>(
+        &mut self,
+        replicas: &'a [String],
+        mut attempt: impl FnMut(&'a str) -> F,
+    ) -> Result<T, ClientError>
     where
         F: Future<Output = Result<T, ClientError>>,
     {
-        let len = self.replicas.len();
-        let started = Instant::now();
+        let len = replicas.len();
+        if len == 0 {
+            return Err(no_replica());
+        }
+        // Only a policy that may retry needs the time: a single-attempt session (the
+        // benchmark's) pays nothing beyond its request.
+        let started = (self.retry.max_attempts > 1).then(Instant::now);
         let mut retries = Retries::new(self.retry, len);
-        let mut index = self.next;
+        let mut index = self.next % len;
         loop {
-            let result = attempt(self.replicas[index % len].clone()).await;
-            let error = match result {
+            let error = match attempt(replicas[index].as_str()).await {
                 Ok(answer) => {
                     self.next = self.spread.next_start(index, len);
                     return Ok(answer);
                 }
                 Err(error) => error,
             };
-            match retries.after_failure(&error, started.elapsed()) {
+            let elapsed = started.map_or(Duration::ZERO, |started| started.elapsed());
+            match retries.after_failure(&error, elapsed) {
                 Some(pause) => tokio::time::sleep(pause).await,
                 None => {
                     if !error.is_retryable() {
@@ -190,7 +213,17 @@ impl Router {
     }
 }
 
+fn no_replica() -> ClientError {
+    ClientError::BadRequest("a session needs at least one replica".to_string())
+}
+
 /// A causal session: every request carries the metadata of the latest response.
+///
+/// It is the one session of the tools: the CLI's (across invocations, through its session
+/// file), each benchmark session's (pinned to one replica, one attempt per request:
+/// [`Session::starting_at`], [`RetryPolicy::single_attempt`]) and the integration tests'.
+/// A session names its replicas; requests go through a [`Client`] given to each call, so
+/// a session costs no connection pool of its own and many share one client.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), causalkv::tools::client::ClientError> {
@@ -199,41 +232,37 @@ impl Router {
 ///
 /// let client = Client::new(Duration::from_secs(3))?;
 /// let replicas = vec!["127.0.0.1:8082".to_string(), "127.0.0.1:8083".to_string()];
-/// let mut session = Session::new(client, replicas)?;
-/// session.put("x", &serde_json::json!(1)).await?;
-/// assert_eq!(session.get("x").await?, Some(serde_json::json!(1)));
+/// let mut session = Session::new(replicas)?;
+/// session.put(&client, "x", &serde_json::json!(1)).await?;
+/// assert_eq!(session.get(&client, "x").await?, Some(serde_json::json!(1)));
 /// # Ok(()) }
 /// ```
+///
+/// A caller that sends its requests itself (the tests check raw answers) uses a session
+/// without replicas, [`Session::default`]: it sends [`Session::metadata`] and hands each
+/// answer's JSON body to [`Session::observe_json`].
 ///
 /// Retried writes: a `PUT` or `DELETE` whose replica timed out may have been applied
 /// there. Retrying it elsewhere with the same metadata is safe for the store (the two
 /// tries write the same thing and are concurrent, so either may win), but the retry's
 /// answer may then say `replaced`, or for a `DELETE` that the key did not exist.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Session {
-    client: Client,
-    router: Router,
+    replicas: Vec<String>,
+    route: Route,
     metadata: Metadata,
 }
 
 impl Session {
     /// A fresh session (first request sends `null` metadata) over `replicas`, which must
     /// not be empty.
-    pub fn new(client: Client, replicas: Vec<String>) -> Result<Self, ClientError> {
+    pub fn new(replicas: Vec<String>) -> Result<Self, ClientError> {
         if replicas.is_empty() {
-            return Err(ClientError::BadRequest(
-                "a session needs at least one replica".to_string(),
-            ));
+            return Err(no_replica());
         }
         Ok(Session {
-            client,
-            router: Router {
-                replicas,
-                spread: Spread::default(),
-                retry: RetryPolicy::default(),
-                next: 0,
-            },
-            metadata: Metadata::default(),
+            replicas,
+            ..Session::default()
         })
     }
 
@@ -245,13 +274,19 @@ impl Session {
 
     /// Sets how requests are retried.
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.router.retry = retry;
+        self.route.retry = retry;
         self
     }
 
     /// Sets how requests are spread over the replicas.
     pub fn with_spread(mut self, spread: Spread) -> Self {
-        self.router.spread = spread;
+        self.route.spread = spread;
+        self
+    }
+
+    /// Starts at replica `index` (modulo the number of replicas) rather than the first.
+    pub fn starting_at(mut self, index: usize) -> Self {
+        self.route.next = index % self.replicas.len().max(1);
         self
     }
 
@@ -262,29 +297,39 @@ impl Session {
 
     /// The replicas, in the order they are tried.
     pub fn replicas(&self) -> &[String] {
-        &self.router.replicas
+        &self.replicas
+    }
+
+    /// The index among [`Session::replicas`] of the replica the next request starts at.
+    pub fn replica_index(&self) -> usize {
+        self.route.next
     }
 
     /// `PUT`: [`Outcome::Created`] or [`Outcome::Replaced`].
-    pub async fn put(&mut self, key: &str, value: &Value) -> Result<Outcome, ClientError> {
-        let metadata = &self.metadata.clone();
-        let client = &self.client;
+    pub async fn put(
+        &mut self,
+        client: &Client,
+        key: &str,
+        value: &Value,
+    ) -> Result<Outcome, ClientError> {
+        let metadata = &self.metadata;
         let result = self
-            .router
-            .call(|replica| async move { client.put(&replica, key, value, metadata).await })
+            .route
+            .call(&self.replicas, |replica| {
+                client.put(replica, key, value, metadata)
+            })
             .await;
-        self.observe(result)
+        self.take_answer(result)
     }
 
     /// `GET`: the value, or `None` when the key does not exist.
-    pub async fn get(&mut self, key: &str) -> Result<Option<Value>, ClientError> {
-        let metadata = &self.metadata.clone();
-        let client = &self.client;
+    pub async fn get(&mut self, client: &Client, key: &str) -> Result<Option<Value>, ClientError> {
+        let metadata = &self.metadata;
         let result = self
-            .router
-            .call(|replica| async move { client.get(&replica, key, metadata).await })
+            .route
+            .call(&self.replicas, |replica| client.get(replica, key, metadata))
             .await;
-        match self.observe(result) {
+        match self.take_answer(result) {
             Ok(Outcome::Found(value)) => Ok(Some(value)),
             // `Client::get` answers only `Found`; anything else is a bug worth naming.
             Ok(other) => Err(ClientError::Unexpected {
@@ -298,14 +343,15 @@ impl Session {
     }
 
     /// `DELETE`: true when the key was deleted, false when it did not exist.
-    pub async fn delete(&mut self, key: &str) -> Result<bool, ClientError> {
-        let metadata = &self.metadata.clone();
-        let client = &self.client;
+    pub async fn delete(&mut self, client: &Client, key: &str) -> Result<bool, ClientError> {
+        let metadata = &self.metadata;
         let result = self
-            .router
-            .call(|replica| async move { client.delete(&replica, key, metadata).await })
+            .route
+            .call(&self.replicas, |replica| {
+                client.delete(replica, key, metadata)
+            })
             .await;
-        match self.observe(result) {
+        match self.take_answer(result) {
             Ok(_) => Ok(true),
             Err(ClientError::NotFound { .. }) => Ok(false),
             Err(error) => Err(error),
@@ -313,41 +359,58 @@ impl Session {
     }
 
     /// `GET /view` at the first replica that answers.
-    pub async fn view(&mut self) -> Result<Vec<String>, ClientError> {
-        let client = &self.client;
-        self.router
-            .call(|replica| async move { client.view(&replica).await })
+    pub async fn view(&mut self, client: &Client) -> Result<Vec<String>, ClientError> {
+        self.route
+            .call(&self.replicas, |replica| client.view(replica))
             .await
     }
 
     /// `PUT /view`: true when added, false when already present.
-    pub async fn view_add(&mut self, addr: &str) -> Result<bool, ClientError> {
-        let client = &self.client;
-        self.router
-            .call(|replica| async move { client.view_add(&replica, addr).await })
+    pub async fn view_add(&mut self, client: &Client, addr: &str) -> Result<bool, ClientError> {
+        self.route
+            .call(&self.replicas, |replica| client.view_add(replica, addr))
             .await
     }
 
     /// `DELETE /view`; [`ClientError::NoSuchReplica`] when `addr` is not in the view.
-    pub async fn view_remove(&mut self, addr: &str) -> Result<(), ClientError> {
-        let client = &self.client;
-        self.router
-            .call(|replica| async move { client.view_remove(&replica, addr).await })
+    pub async fn view_remove(&mut self, client: &Client, addr: &str) -> Result<(), ClientError> {
+        self.route
+            .call(&self.replicas, |replica| client.view_remove(replica, addr))
             .await
     }
 
-    /// Adopts the metadata of an answer (a success, or a 404 that carries some) and
-    /// passes the answer on. Null metadata is never adopted: it would forget history.
-    fn observe(&mut self, result: Result<Reply, ClientError>) -> Result<Outcome, ClientError> {
-        let metadata = match &result {
-            Ok(reply) => Some(&reply.metadata),
-            Err(ClientError::NotFound { metadata }) => metadata.as_ref(),
-            Err(_) => None,
-        };
-        if let Some(metadata) = metadata.filter(|m| !m.is_null()) {
-            self.metadata = metadata.clone();
+    /// Adopts the `causal-metadata` of an answer's JSON body, when it has one that is not
+    /// null: for callers that send their requests themselves.
+    pub fn observe_json(&mut self, body: &Value) {
+        if let Some(metadata) = body.get("causal-metadata") {
+            self.adopt(Metadata(metadata.clone()));
         }
-        result.map(|reply| reply.outcome)
+    }
+
+    /// Adopts `metadata` unless it is null: null would forget the session's history.
+    fn adopt(&mut self, metadata: Metadata) {
+        if !metadata.is_null() {
+            self.metadata = metadata;
+        }
+    }
+
+    /// Adopts the metadata of an answer (a success, or a 404 that carries some; moved,
+    /// never copied) and passes the outcome on. A 404 is passed on without its metadata,
+    /// which the session now holds.
+    fn take_answer(&mut self, result: Result<Reply, ClientError>) -> Result<Outcome, ClientError> {
+        match result {
+            Ok(Reply { outcome, metadata }) => {
+                self.adopt(metadata);
+                Ok(outcome)
+            }
+            Err(ClientError::NotFound { metadata }) => {
+                if let Some(metadata) = metadata {
+                    self.adopt(metadata);
+                }
+                Err(ClientError::NotFound { metadata: None })
+            }
+            Err(error) => Err(error),
+        }
     }
 }
 
@@ -488,17 +551,30 @@ mod tests {
     }
 
     fn session(replicas: &[&str]) -> Session {
-        let client = Client::new(Duration::from_millis(200)).expect("client");
-        Session::new(client, replicas.iter().map(|r| r.to_string()).collect()).expect("session")
+        Session::new(replicas.iter().map(|r| r.to_string()).collect()).expect("session")
+    }
+
+    fn client() -> Client {
+        Client::new(Duration::from_millis(200)).expect("client")
     }
 
     #[test]
     fn a_session_needs_a_replica() {
-        let client = Client::new(Duration::from_millis(200)).expect("client");
         assert!(matches!(
-            Session::new(client, vec![]),
+            Session::new(vec![]),
             Err(ClientError::BadRequest(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_session_without_replicas_refuses_requests() {
+        let client = client();
+        let mut s = Session::default();
+        let result = s.get(&client, "k").await;
+        assert!(
+            matches!(result, Err(ClientError::BadRequest(_))),
+            "{result:?}"
+        );
     }
 
     #[test]
@@ -508,24 +584,44 @@ mod tests {
             outcome: Outcome::Created,
             metadata: Metadata(m),
         };
-        let _ = s.observe(Ok(reply(Value::from("m1"))));
+        let _ = s.take_answer(Ok(reply(Value::from("m1"))));
         assert_eq!(s.metadata(), &Metadata(Value::from("m1")));
-        let _ = s.observe(Ok(reply(Value::Null)));
+        let _ = s.take_answer(Ok(reply(Value::Null)));
         assert_eq!(s.metadata(), &Metadata(Value::from("m1")));
         let not_found = ClientError::NotFound {
             metadata: Some(Metadata(Value::from("m2"))),
         };
-        let _ = s.observe(Err(not_found));
+        let _ = s.take_answer(Err(not_found));
         assert_eq!(s.metadata(), &Metadata(Value::from("m2")));
-        let _ = s.observe(Err(busy()));
+        let _ = s.take_answer(Err(busy()));
         assert_eq!(s.metadata(), &Metadata(Value::from("m2")));
+    }
+
+    #[test]
+    fn raw_answers_update_the_metadata_but_null_never_erases_it() {
+        let mut s = Session::default();
+        s.observe_json(&serde_json::json!({"result": "created", "causal-metadata": "m1"}));
+        assert_eq!(s.metadata(), &Metadata(Value::from("m1")));
+        s.observe_json(&serde_json::json!({"error": "Key does not exist"}));
+        s.observe_json(&serde_json::json!({"causal-metadata": null}));
+        s.observe_json(&serde_json::json!("not an object"));
+        assert_eq!(s.metadata(), &Metadata(Value::from("m1")));
+    }
+
+    #[test]
+    fn sessions_start_where_they_are_told() {
+        let s = session(&["a", "b", "c"]);
+        assert_eq!(s.replica_index(), 0);
+        assert_eq!(s.clone().starting_at(4).replica_index(), 1);
+        assert_eq!(Session::default().starting_at(4).replica_index(), 0);
     }
 
     #[tokio::test]
     async fn unreachable_replicas_are_each_tried_once() {
+        let client = client();
         // Port 1 on loopback refuses connections at once.
         let mut s = session(&["127.0.0.1:1", "127.0.0.2:1"]);
-        match s.get("k").await {
+        match s.get(&client, "k").await {
             Err(ClientError::Unreachable { replica, .. }) => assert_eq!(replica, "127.0.0.2:1"),
             other => panic!("expected unreachable, got {other:?}"),
         }
@@ -621,11 +717,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_503_is_retried_with_the_same_metadata_until_served() {
+        let client = client();
         let replica = FakeReplica::start(vec![busy_answer(), busy_answer(), found(7, "m1")]).await;
         let mut s = session(&[&replica.addr])
             .with_retry(quick())
             .with_metadata(Metadata(Value::from("m0")));
-        assert_eq!(s.get("k").await.expect("served"), Some(Value::from(7)));
+        assert_eq!(
+            s.get(&client, "k").await.expect("served"),
+            Some(Value::from(7))
+        );
         assert_eq!(s.metadata(), &Metadata(Value::from("m1")));
         let sent: Vec<Value> = replica
             .bodies()
@@ -637,13 +737,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_503_that_lasts_ends_as_a_causal_timeout() {
+        let client = client();
         let replica = FakeReplica::start(vec![busy_answer()]).await;
         let limited = RetryPolicy {
             max_attempts: 4,
             ..quick()
         };
         let mut s = session(&[&replica.addr]).with_retry(limited);
-        let result = s.get("k").await;
+        let result = s.get(&client, "k").await;
         assert!(
             matches!(result, Err(ClientError::CausalTimeout { .. })),
             "{result:?}"
@@ -653,10 +754,17 @@ mod tests {
 
     #[tokio::test]
     async fn failover_carries_the_metadata_and_sticks_to_the_live_replica() {
+        let client = client();
         let live = FakeReplica::start(vec![found(1, "m1"), found(2, "m2")]).await;
         let mut s = session(&["127.0.0.1:1", &live.addr]);
-        assert_eq!(s.get("k").await.expect("served"), Some(Value::from(1)));
-        assert_eq!(s.get("k").await.expect("served"), Some(Value::from(2)));
+        assert_eq!(
+            s.get(&client, "k").await.expect("served"),
+            Some(Value::from(1))
+        );
+        assert_eq!(
+            s.get(&client, "k").await.expect("served"),
+            Some(Value::from(2))
+        );
         let sent: Vec<Value> = live
             .bodies()
             .iter()
@@ -667,23 +775,47 @@ mod tests {
 
     #[tokio::test]
     async fn round_robin_spreads_requests() {
+        let client = client();
         let one = FakeReplica::start(vec![found(1, "m1")]).await;
         let two = FakeReplica::start(vec![found(2, "m2")]).await;
         let mut s = session(&[&one.addr, &two.addr]).with_spread(Spread::RoundRobin);
         for _ in 0..4 {
-            s.get("k").await.expect("served");
+            s.get(&client, "k").await.expect("served");
         }
         assert_eq!((one.bodies().len(), two.bodies().len()), (2, 2));
         assert_eq!(two.bodies()[1]["causal-metadata"], Value::from("m1"));
     }
 
+    #[tokio::test]
+    async fn a_single_attempt_session_stays_on_its_replica() {
+        let client = client();
+        let busy = FakeReplica::start(vec![busy_answer(), found(3, "m3")]).await;
+        let spare = FakeReplica::start(vec![found(9, "m9")]).await;
+        let mut s = session(&[&spare.addr, &busy.addr])
+            .with_retry(RetryPolicy::single_attempt())
+            .starting_at(1);
+        let result = s.get(&client, "k").await;
+        assert!(
+            matches!(result, Err(ClientError::CausalTimeout { .. })),
+            "{result:?}"
+        );
+        assert_eq!(s.replica_index(), 1);
+        assert_eq!(
+            s.get(&client, "k").await.expect("served"),
+            Some(Value::from(3))
+        );
+        assert_eq!((busy.bodies().len(), spare.bodies().len()), (2, 0));
+        assert_eq!(s.metadata(), &Metadata(Value::from("m3")));
+    }
+
     #[test]
     fn session_futures_are_send() {
         fn assert_send<T: Send>(_: T) {}
+        let client = client();
         let mut s = session(&["a"]);
-        assert_send(s.get("k"));
+        assert_send(s.get(&client, "k"));
         let value = Value::Null;
         let mut s = session(&["a"]);
-        assert_send(s.put("k", &value));
+        assert_send(s.put(&client, "k", &value));
     }
 }
