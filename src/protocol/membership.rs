@@ -17,9 +17,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::protocol::causal::{Addr, Clock};
+use crate::protocol::time::Time;
 
 /// The detector's tunables.
 #[derive(Clone, Copy, Debug)]
@@ -76,9 +77,9 @@ pub enum Change {
 struct Peer {
     status: Status,
     /// Last successful probe, or when it entered the view.
-    last_ok: Option<Instant>,
+    last_ok: Option<Time>,
     /// Start of the current run of successful probes.
-    reachable_since: Option<Instant>,
+    reachable_since: Option<Time>,
     /// Its incarnation epoch and clock, as last reported.
     epoch: Option<u64>,
     clock: Option<Clock>,
@@ -169,7 +170,7 @@ impl Membership {
     pub fn probe_succeeded(
         &mut self,
         addr: &str,
-        now: Instant,
+        now: Time,
         epoch: Option<u64>,
         clock: Clock,
     ) -> Option<Change> {
@@ -186,14 +187,14 @@ impl Membership {
     }
 
     /// A probe failed (error or timeout).
-    pub fn probe_failed(&mut self, addr: &str, now: Instant) -> Option<Change> {
+    pub fn probe_failed(&mut self, addr: &str, now: Time) -> Option<Change> {
         let peer = self.peers.get_mut(addr)?;
         peer.reachable_since = None;
         self.expire(addr, now)
     }
 
     /// Drops Up peers that have been silent for the failure timeout.
-    pub fn tick(&mut self, now: Instant) -> Vec<Change> {
+    pub fn tick(&mut self, now: Time) -> Vec<Change> {
         let addrs: Vec<Addr> = self.up_peers().collect();
         addrs
             .iter()
@@ -201,7 +202,7 @@ impl Membership {
             .collect()
     }
 
-    fn expire(&mut self, addr: &str, now: Instant) -> Option<Change> {
+    fn expire(&mut self, addr: &str, now: Time) -> Option<Change> {
         let timeout = self.timing.failure_timeout;
         let peer = self.peers.get(addr)?;
         let silent = peer
@@ -214,7 +215,7 @@ impl Membership {
     }
 
     /// A replication to `addr` failed: out of the view at once.
-    pub fn replication_failed(&mut self, addr: &str, now: Instant) -> Option<Change> {
+    pub fn replication_failed(&mut self, addr: &str, now: Time) -> Option<Change> {
         if self.status(addr) != Some(Status::Up) {
             return None;
         }
@@ -226,16 +227,16 @@ impl Membership {
     }
 
     /// `addr` announced itself (it started) or answered our announcement: into the view.
-    pub fn announced(&mut self, addr: &str, now: Instant) -> Option<Change> {
+    pub fn announced(&mut self, addr: &str, now: Time) -> Option<Change> {
         self.admit(addr, now, Reason::Announced)
     }
 
     /// `PUT /view`: into the view. Returns the change, `None` when it was already there.
-    pub fn add(&mut self, addr: &str, now: Instant) -> Option<Change> {
+    pub fn add(&mut self, addr: &str, now: Time) -> Option<Change> {
         self.admit(addr, now, Reason::Added)
     }
 
-    fn admit(&mut self, addr: &str, now: Instant, reason: Reason) -> Option<Change> {
+    fn admit(&mut self, addr: &str, now: Time, reason: Reason) -> Option<Change> {
         if addr == &*self.me {
             return None;
         }
@@ -246,14 +247,14 @@ impl Membership {
     }
 
     /// `DELETE /view`: out of the view until it announces itself or is added again.
-    pub fn remove(&mut self, addr: &str, now: Instant) -> Option<Change> {
+    pub fn remove(&mut self, addr: &str, now: Time) -> Option<Change> {
         if !self.peers.contains_key(addr) {
             return None;
         }
         self.set(addr, Status::Removed, now, Reason::Removed)
     }
 
-    fn set(&mut self, addr: &str, status: Status, now: Instant, reason: Reason) -> Option<Change> {
+    fn set(&mut self, addr: &str, status: Status, now: Time, reason: Reason) -> Option<Change> {
         let peer = self.peers.get_mut(addr)?;
         let was_up = peer.status == Status::Up;
         peer.status = status;
@@ -285,7 +286,7 @@ mod tests {
         Membership::new("a".into(), ["a".into(), "b".into(), "c".into()], timing)
     }
 
-    fn ok(m: &mut Membership, addr: &str, now: Instant) -> Option<Change> {
+    fn ok(m: &mut Membership, addr: &str, now: Time) -> Option<Change> {
         m.probe_succeeded(addr, now, Some(1), Clock::new())
     }
 
@@ -307,7 +308,7 @@ mod tests {
     #[test]
     fn an_announcement_admits_at_once() {
         let mut m = membership();
-        let t = Instant::now();
+        let t = Time::from_millis(1_000);
         assert_eq!(m.announced("b", t), joined("b", Reason::Announced));
         assert_eq!(m.announced("b", t), None);
         assert!(m.in_view("b"));
@@ -316,10 +317,10 @@ mod tests {
     #[test]
     fn a_silent_peer_leaves_after_the_failure_timeout() {
         let mut m = membership();
-        let t0 = Instant::now();
+        let t0 = Time::from_millis(1_000);
         m.announced("b", t0);
-        assert!(m.tick(t0 + FAIL - TICK).is_empty());
-        assert_eq!(m.probe_failed("b", t0 + FAIL - TICK), None);
+        assert!(m.tick(t0 + (FAIL - TICK)).is_empty());
+        assert_eq!(m.probe_failed("b", t0 + (FAIL - TICK)), None);
         assert_eq!(
             m.tick(t0 + FAIL),
             vec![Change::Left("b".into(), Reason::Silent)]
@@ -330,7 +331,7 @@ mod tests {
     #[test]
     fn probes_keep_a_peer_in_view() {
         let mut m = membership();
-        let t0 = Instant::now();
+        let t0 = Time::from_millis(1_000);
         m.announced("b", t0);
         for i in 1..40 {
             let now = t0 + TICK * i;
@@ -342,19 +343,19 @@ mod tests {
     #[test]
     fn a_reconnected_peer_returns_only_after_the_stability_period() {
         let mut m = membership();
-        let t0 = Instant::now();
+        let t0 = Time::from_millis(1_000);
         m.announced("b", t0);
         m.replication_failed("b", t0);
         let back = t0 + Duration::from_secs(3);
         assert_eq!(ok(&mut m, "b", back), None);
-        assert_eq!(ok(&mut m, "b", back + STABLE - TICK), None);
+        assert_eq!(ok(&mut m, "b", back + (STABLE - TICK)), None);
         assert_eq!(ok(&mut m, "b", back + STABLE), joined("b", Reason::Stable));
     }
 
     #[test]
     fn a_failed_probe_restarts_the_stability_period() {
         let mut m = membership();
-        let t0 = Instant::now();
+        let t0 = Time::from_millis(1_000);
         ok(&mut m, "b", t0);
         m.probe_failed("b", t0 + STABLE / 2);
         assert_eq!(ok(&mut m, "b", t0 + STABLE), None);
@@ -367,7 +368,7 @@ mod tests {
     #[test]
     fn a_failed_replication_drops_at_once() {
         let mut m = membership();
-        let t0 = Instant::now();
+        let t0 = Time::from_millis(1_000);
         m.announced("b", t0);
         assert_eq!(
             m.replication_failed("b", t0),
@@ -379,7 +380,7 @@ mod tests {
     #[test]
     fn a_removed_peer_stays_out_until_it_announces_itself() {
         let mut m = membership();
-        let t0 = Instant::now();
+        let t0 = Time::from_millis(1_000);
         m.announced("b", t0);
         assert_eq!(m.remove("b", t0), left("b", Reason::Removed));
         assert!(!m.probe_targets().contains(&Addr::from("b")));
@@ -395,7 +396,7 @@ mod tests {
     #[test]
     fn add_and_remove_report_whether_anything_changed() {
         let mut m = membership();
-        let t0 = Instant::now();
+        let t0 = Time::from_millis(1_000);
         assert_eq!(m.add("d", t0), joined("d", Reason::Added));
         assert_eq!(m.add("d", t0), None);
         assert_eq!(m.remove("zz", t0), None);

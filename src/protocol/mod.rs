@@ -4,8 +4,10 @@
 
 pub mod causal;
 pub mod delivery;
+pub mod machine;
 pub mod membership;
 pub mod replica;
 pub mod store;
+pub mod time;
 pub mod varint;
 pub mod wire;

@@ -132,6 +132,12 @@ impl Replica {
         self.me.insert(inc)
     }
 
+    /// Takes `inc` as this life's identity, whatever the clock says (a planted bug).
+    #[cfg(test)]
+    pub fn force_incarnation(&mut self, inc: Incarnation) {
+        self.me = Some(inc);
+    }
+
     /// True when every write that `deps` names is applied here.
     pub fn satisfies(&self, deps: &Clock) -> bool {
         self.is_ready() && self.clock.covers_clock(deps)

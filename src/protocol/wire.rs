@@ -19,7 +19,7 @@ pub const REPLICATE: &str = "/internal/replicate";
 pub const SYNC: &str = "/internal/sync";
 
 /// A probe. Both sides learn each other's epoch and clock from it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub from: Addr,
     pub epoch: Option<u64>,
@@ -27,7 +27,7 @@ pub struct Heartbeat {
 }
 
 /// The answer to a probe or an announcement.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Status {
     /// `None` while the replica is still bootstrapping.
     pub epoch: Option<u64>,
@@ -35,7 +35,7 @@ pub struct Status {
 }
 
 /// "I have (re)started": sent at start-up to every replica of the configured view.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Announce {
     pub from: Addr,
 }
@@ -48,7 +48,7 @@ pub enum ViewOp {
 }
 
 /// A `PUT /view` or `DELETE /view` made at one replica, passed on to the others.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ViewChange {
     pub from: Addr,
     pub op: ViewOp,
@@ -56,7 +56,7 @@ pub struct ViewChange {
 }
 
 /// A batch of writes, in the order their origin made them.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Replicate {
     pub from: Addr,
     pub writes: Vec<Arc<Write>>,
@@ -64,7 +64,7 @@ pub struct Replicate {
 
 /// "Send me what my clock misses", one chunk at a time: keys after `after`. Answered
 /// with a `replica::Delta` whose `next` is the `after` of the following request.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SyncRequest {
     pub from: Addr,
     pub clock: Clock,

@@ -63,38 +63,7 @@ struct ChangeLabels {
     change: &'static str,
 }
 
-/// Why replication to a peer did not happen or was not acknowledged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailureReason {
-    Timeout,
-    Unreachable,
-    /// The peer answered with an error or refused writes.
-    Refused,
-    /// The peer's answer did not verify (cluster secret).
-    Unauthenticated,
-    /// The peer's queue was full; it catches up by anti-entropy.
-    QueueFull,
-}
-
-impl FailureReason {
-    const ALL: [FailureReason; 5] = [
-        FailureReason::Timeout,
-        FailureReason::Unreachable,
-        FailureReason::Refused,
-        FailureReason::Unauthenticated,
-        FailureReason::QueueFull,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            FailureReason::Timeout => "timeout",
-            FailureReason::Unreachable => "unreachable",
-            FailureReason::Refused => "refused",
-            FailureReason::Unauthenticated => "unauthenticated",
-            FailureReason::QueueFull => "queue_full",
-        }
-    }
-}
+pub use crate::protocol::machine::FailureReason;
 
 /// One replica's metrics.
 #[derive(Debug)]

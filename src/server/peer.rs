@@ -1,16 +1,22 @@
-//! Talking to other replicas: a pooled keep-alive HTTP client and one replication link per
-//! peer.
+//! Talking to other replicas: a pooled keep-alive HTTP client per peer, and [`call`], which
+//! makes one call the protocol machine asked for (`Output::Send`) and turns the answer,
+//! or its failure, into what the machine understands.
 //!
-//! A link is an ordered, bounded queue and one sender task. The task sends the queue in
-//! batches (one request in flight per peer, so a slow or dead peer delays nobody else) and
-//! acknowledges each write to whoever waits for it. A write that cannot be queued (queue
-//! full) or sent (peer out of view, request failed) is not acknowledged; anti-entropy brings
-//! it to the peer later. No lock is held while a request is in flight.
+//! Every request is signed and every answer verified when the cluster has a secret, and
+//! answers are validated under this replica's limits before the machine sees them. No
+//! lock is held while a request is in flight.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::protocol::causal::Addr;
+use crate::protocol::machine::{Answer, CallError, Message};
+use crate::protocol::replica::Received;
+use crate::protocol::wire::{ANNOUNCE, HEARTBEAT, REPLICATE, SYNC, VIEW_CHANGE, Validate};
+use crate::server::auth;
+use crate::server::trust::Trust;
+use crate::server::wallclock::{limits, now_ms};
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
@@ -20,20 +26,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc, oneshot};
 
-use crate::protocol::causal::Addr;
-use crate::protocol::delivery::Write;
-use crate::protocol::wire::Validate;
-use crate::server::auth;
-use crate::server::metrics::FailureReason;
-use crate::server::trust::Trust;
-use crate::server::wallclock::{limits, now_ms};
-
-/// Most writes in one replication request.
-const MAX_BATCH: usize = 512;
-/// A batch stops growing once its values reach this many bytes.
-const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// Pooled connections to a peer are dropped after this long idle: well before a replica
 /// closes an idle connection itself (`--header-timeout`, 10 s by default), so that no
 /// request is ever sent on a connection the peer is closing.
@@ -179,98 +172,53 @@ fn classify(error: &dyn std::error::Error) -> PeerError {
     PeerError::Unreachable(crate::error_chain(error))
 }
 
-/// One write queued for a peer, with the acknowledgement its client may wait for.
-#[derive(Debug)]
-pub struct Outgoing {
-    pub write: Arc<Write>,
-    pub ack: Option<oneshot::Sender<()>>,
-}
-
-/// The sending side of a link.
-pub type LinkSender = mpsc::Sender<Outgoing>;
-
-/// What a link needs from the node it belongs to.
-pub trait LinkOwner: Send + Sync + 'static {
-    fn me(&self) -> &Addr;
-    /// The client for `peer` and its generation, which changes when `peer` restarts.
-    fn client_for(&self, peer: &Addr) -> (PeerClient, u64);
-    fn replication_timeout(&self) -> Duration;
-    /// True while data may be sent to `peer`.
-    fn may_send_to(&self, peer: &Addr) -> bool;
-    /// A replication request to `peer`, sent with the client of `generation`, failed.
-    fn replication_failed(&self, peer: &Addr, generation: u64, error: &PeerError);
-    /// `peer` answered but refused replicated writes (not for being out of its view).
-    fn replication_refused(&self, peer: &Addr, reason: FailureReason, why: &str);
-}
-
-/// Starts the link to `peer`; it ends when the sender is dropped.
-pub fn spawn_link<O: LinkOwner>(owner: Arc<O>, peer: Addr, capacity: usize) -> LinkSender {
-    let (tx, rx) = mpsc::channel(capacity);
-    tokio::spawn(run_link(owner, peer, rx));
-    tx
-}
-
-async fn run_link<O: LinkOwner>(owner: Arc<O>, peer: Addr, mut rx: mpsc::Receiver<Outgoing>) {
-    while let Some(first) = rx.recv().await {
-        // Let request handlers that are already runnable queue their writes first, so
-        // that writes arriving together travel together.
-        tokio::task::yield_now().await;
-        let batch = fill_batch(first, &mut rx);
-        if owner.may_send_to(&peer) {
-            send_batch(&*owner, &peer, batch).await;
-        }
-    }
-}
-
-/// Takes what is already queued behind `first`, up to the batch limits.
-fn fill_batch(first: Outgoing, rx: &mut mpsc::Receiver<Outgoing>) -> Vec<Outgoing> {
-    let mut bytes = first.write.size();
-    let mut batch = vec![first];
-    while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-        let Ok(next) = rx.try_recv() else { break };
-        bytes += next.write.size();
-        batch.push(next);
-    }
-    batch
-}
-
-async fn send_batch<O: LinkOwner>(owner: &O, peer: &Addr, batch: Vec<Outgoing>) {
-    let message = crate::protocol::wire::Replicate {
-        from: owner.me().clone(),
-        writes: batch.iter().map(|o| o.write.clone()).collect(),
-    };
-    let timeout = owner.replication_timeout();
-    let (client, generation) = owner.client_for(peer);
-    let mut result = replicate(&client, peer, &message, timeout).await;
-    if matches!(result, Err(PeerError::Unreachable(_))) {
-        // A connection the peer reset (it restarted): once more, on a fresh one.
-        result = replicate(&client, peer, &message, timeout).await;
-    }
-    match result {
-        Ok(Ok(())) => {
-            for outgoing in batch {
-                if let Some(ack) = outgoing.ack {
-                    let _ = ack.send(());
-                }
+/// Makes one call the protocol machine asked for and translates its outcome.
+pub async fn call(
+    client: &PeerClient,
+    to: &Addr,
+    message: &Message,
+    timeout: Duration,
+) -> Result<Answer, CallError> {
+    let answer = match message {
+        Message::Heartbeat(m) => client
+            .post_checked(to, HEARTBEAT, m, timeout)
+            .await
+            .map(Answer::Status),
+        Message::Announce(m) => client
+            .post_checked(to, ANNOUNCE, m, timeout)
+            .await
+            .map(Answer::Status),
+        Message::ViewChange(m) => client
+            .post::<_, serde_json::Value>(to, VIEW_CHANGE, m, timeout)
+            .await
+            .map(|_| Answer::Done),
+        Message::Replicate(m) => {
+            let mut result = client.post::<_, Taken>(to, REPLICATE, m, timeout).await;
+            if matches!(result, Err(PeerError::Unreachable(_))) {
+                // A connection the peer reset (it restarted): once more, on a fresh one.
+                result = client.post(to, REPLICATE, m, timeout).await;
             }
+            result.map(|taken| {
+                Answer::Taken(Received {
+                    refused: taken.refused,
+                    ..Received::default()
+                })
+            })
         }
-        // Not acknowledged: dropping the batch's acknowledgement senders tells waiting
-        // clients at once. The peer's own probes see what it misses and pull it.
-        Ok(Err(refused)) => owner.replication_refused(peer, FailureReason::Refused, &refused),
-        Err(error @ (PeerError::Timeout(_) | PeerError::Unreachable(_))) => {
-            owner.replication_failed(peer, generation, &error)
+        Message::Sync(m) => client
+            .post_checked(to, SYNC, m, timeout)
+            .await
+            .map(Answer::Delta),
+    };
+    answer.map_err(|error| match error {
+        PeerError::Timeout(_) => CallError::Timeout,
+        PeerError::Unreachable(why) => CallError::Unreachable(why),
+        ref refused if refused.is_not_in_view() => CallError::NotInView,
+        PeerError::Unauthenticated(why) => CallError::Unauthenticated(why),
+        other @ (PeerError::Refused { .. } | PeerError::Malformed(_)) => {
+            CallError::Refused(other.to_string())
         }
-        Err(error) if error.is_not_in_view() => {
-            tracing::debug!(%peer, "peer does not list us yet; anti-entropy will catch it up");
-        }
-        Err(error) => {
-            let reason = match error {
-                PeerError::Unauthenticated(_) => FailureReason::Unauthenticated,
-                _ => FailureReason::Refused,
-            };
-            owner.replication_refused(peer, reason, &error.to_string())
-        }
-    }
+    })
 }
 
 /// What a peer answered to a batch it took: how many writes it refused.
@@ -278,23 +226,4 @@ async fn send_batch<O: LinkOwner>(owner: &O, peer: &Addr, batch: Vec<Outgoing>) 
 struct Taken {
     #[serde(default)]
     refused: usize,
-}
-
-/// Sends one batch; `Ok(Err(why))` when the peer answered but refused some of it.
-async fn replicate(
-    client: &PeerClient,
-    peer: &Addr,
-    message: &crate::protocol::wire::Replicate,
-    timeout: Duration,
-) -> Result<Result<(), String>, PeerError> {
-    let taken: Taken = client
-        .post(peer, crate::protocol::wire::REPLICATE, message, timeout)
-        .await?;
-    Ok(match taken.refused {
-        0 => Ok(()),
-        n => Err(format!(
-            "the peer refused {n} of {} writes",
-            message.writes.len()
-        )),
-    })
 }

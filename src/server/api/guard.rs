@@ -144,7 +144,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 /// Without a secret: who may send what (see the module doc).
 fn check_member(node: &Node, path: &str, from: &str) -> Result<(), String> {
-    let status = node.lock().members.status(from);
+    let status = node.member_status(from);
     let allowed = match path {
         wire::ANNOUNCE | wire::REPLICATE | wire::SYNC => true,
         wire::HEARTBEAT => matches!(status, Some(Status::Up | Status::Down)),

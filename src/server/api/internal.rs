@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::guard::Sender;
 use super::{ApiError, read_body};
+use crate::protocol::machine::{Answer, Message};
 use crate::protocol::wire::{self, Validate};
 use crate::server::node::Node;
 use crate::server::wallclock::limits;
@@ -69,7 +70,7 @@ async fn heartbeat(
     sender: Option<Extension<Sender>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(node.on_heartbeat(message(sender, body)?)).into_response())
+    answer(&node, Message::Heartbeat(message(sender, body)?))
 }
 
 async fn announce(
@@ -77,7 +78,7 @@ async fn announce(
     sender: Option<Extension<Sender>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(node.on_announce(message(sender, body)?)).into_response())
+    answer(&node, Message::Announce(message(sender, body)?))
 }
 
 async fn view_change(
@@ -85,8 +86,7 @@ async fn view_change(
     sender: Option<Extension<Sender>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    node.on_view_change(message(sender, body)?);
-    Ok(Json(json!({"result": "ok"})).into_response())
+    answer(&node, Message::ViewChange(message(sender, body)?))
 }
 
 async fn replicate(
@@ -94,14 +94,7 @@ async fn replicate(
     sender: Option<Extension<Sender>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let received = node.on_replicate(message(sender, body)?)?;
-    Ok(Json(json!({
-        "applied": received.applied,
-        "buffered": received.buffered,
-        "duplicates": received.duplicates,
-        "refused": received.refused,
-    }))
-    .into_response())
+    answer(&node, Message::Replicate(message(sender, body)?))
 }
 
 async fn sync(
@@ -109,5 +102,21 @@ async fn sync(
     sender: Option<Extension<Sender>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(node.on_sync(message(sender, body)?)?).into_response())
+    answer(&node, Message::Sync(message(sender, body)?))
+}
+
+/// Steps a peer's message into the machine and renders its answer.
+fn answer(node: &Node, message: Message) -> Result<Response, ApiError> {
+    Ok(match node.on_message(message)? {
+        Answer::Status(status) => Json(status).into_response(),
+        Answer::Done => Json(json!({"result": "ok"})).into_response(),
+        Answer::Taken(received) => Json(json!({
+            "applied": received.applied,
+            "buffered": received.buffered,
+            "duplicates": received.duplicates,
+            "refused": received.refused,
+        }))
+        .into_response(),
+        Answer::Delta(delta) => Json(delta).into_response(),
+    })
 }

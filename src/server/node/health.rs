@@ -43,10 +43,10 @@ pub struct PeerHealth {
 impl Node {
     /// A snapshot of this replica.
     pub fn health(&self) -> Health {
-        let state = self.lock();
-        let clock = state.replica.clock();
-        let peers = state
-            .members
+        let machine = self.lock();
+        let (replica, members) = (machine.replica(), machine.members());
+        let clock = replica.clock();
+        let peers = members
             .members()
             .map(|(addr, status, _, reported)| PeerHealth {
                 addr: addr.clone(),
@@ -54,22 +54,19 @@ impl Node {
                     Status::Up => "up",
                     Status::Down | Status::Removed => "down",
                 },
-                queue_depth: state
-                    .links
-                    .get(addr)
-                    .map_or(0, |link| link.max_capacity() - link.capacity()),
+                queue_depth: machine.queue_depth(addr),
                 lag_writes: lag(clock, reported),
             })
             .collect();
         Health {
             replica: self.me.clone(),
-            incarnation: state.replica.incarnation().map(ToString::to_string),
+            incarnation: replica.incarnation().map(ToString::to_string),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
-            ready: state.replica.is_ready() && state.members.in_view(&self.me),
-            view: state.members.view(),
-            keys: state.replica.store().live_keys(),
-            store_bytes: state.replica.store().bytes(),
-            delivery_buffer: state.replica.buffered(),
+            ready: replica.is_ready() && members.in_view(&self.me),
+            view: members.view(),
+            keys: replica.store().live_keys(),
+            store_bytes: replica.store().bytes(),
+            delivery_buffer: replica.buffered(),
             peers,
         }
     }
