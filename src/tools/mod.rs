@@ -9,4 +9,5 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod launcher;
+pub mod sim;
 pub mod status;

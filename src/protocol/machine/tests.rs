@@ -1,1 +1,245 @@
 //! Unit tests of the machine, driven by hand: one replica, its peers played by the test.
+
+use std::time::Duration;
+
+use super::*;
+use crate::protocol::causal::Limits;
+use crate::protocol::store::tests::value;
+
+const A: &str = "10.0.0.1:8090";
+const B: &str = "10.0.0.2:8090";
+
+fn settings(view: &[&str]) -> Settings {
+    Settings {
+        me: A.into(),
+        view: view.iter().map(|a| Addr::from(*a)).collect(),
+        causal_wait: Duration::from_millis(500),
+        replication_timeout: Duration::from_secs(1),
+        heartbeat_interval: Duration::from_millis(250),
+        failure_timeout: Duration::from_millis(1500),
+        stability_period: Duration::from_millis(2500),
+        anti_entropy_interval: Duration::from_secs(1),
+        delivery_buffer: 100,
+        peer_queue: 100,
+    }
+}
+
+fn at(ms: u64) -> Now {
+    Now {
+        at: Time::from_millis(ms),
+        wall_us: 1_800_000_000_000_000 + ms * 1000,
+    }
+}
+
+/// Replica A, ready, with B in its view (B announced itself after A started alone).
+fn a_with_b() -> Machine<u32> {
+    let mut m = Machine::new(settings(&[A, B]));
+    m.start(at(0));
+    let announce = sends(&mut m).pop().expect("announces itself to B").0;
+    m.answered(
+        announce,
+        Err(CallError::Unreachable("refused".into())),
+        at(1),
+    );
+    assert!(m.is_ready(), "no peer answered: starts empty");
+    let answer = m.message(Message::Announce(Announce { from: B.into() }), at(2));
+    assert!(matches!(answer, Ok(Answer::Status(_))));
+    assert!(m.members().in_view(B));
+    // B joined: A pulls from it at once. B has nothing.
+    for (call, _, message) in sends(&mut m) {
+        if let Message::Sync(_) = message {
+            m.answered(call, Ok(Answer::Delta(Delta::default())), at(3));
+        }
+    }
+    m.take_outputs();
+    m
+}
+
+fn sends(m: &mut Machine<u32>) -> Vec<(CallId, Addr, Message)> {
+    (m.take_outputs().into_iter())
+        .filter_map(|o| match o {
+            Output::Send {
+                call, to, message, ..
+            } => Some((call, to, message)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn replies(outputs: Vec<Output<u32>>) -> Vec<(u32, Reply)> {
+    (outputs.into_iter())
+        .filter_map(|o| match o {
+            Output::Reply(w, reply) => Some((w, reply)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn put(key: &str, v: &str, deps: Clock) -> Request {
+    Request::Put {
+        key: key.into(),
+        value: value(v),
+        deps,
+    }
+}
+
+#[test]
+fn a_lone_replica_answers_in_the_same_step() {
+    let mut m = Machine::new(settings(&[A]));
+    m.start(at(0));
+    assert!(m.is_ready());
+    m.request(7, put("k", "1", Clock::new()), at(1));
+    let got = replies(m.take_outputs());
+    assert!(matches!(
+        &got[..],
+        [(7, Reply::Written { existed: false, .. })]
+    ));
+    m.request(
+        8,
+        Request::Get {
+            key: "k".into(),
+            deps: Clock::new(),
+        },
+        at(2),
+    );
+    let got = replies(m.take_outputs());
+    assert!(matches!(&got[..], [(8, Reply::Found { value, .. })] if &**value == "1"));
+}
+
+#[test]
+fn a_request_waits_for_its_dependencies_then_gives_up() {
+    let mut m = a_with_b();
+    let mut b = Replica::new(B.into(), 10);
+    b.start_incarnation(5);
+    let theirs = b.write(
+        "x".into(),
+        Some(value("1")),
+        &Clock::new(),
+        &Limits::loose(),
+    );
+    let deps = theirs.unwrap().metadata;
+    m.request(
+        1,
+        Request::Get {
+            key: "x".into(),
+            deps,
+        },
+        at(10),
+    );
+    let pulls = sends(&mut m);
+    assert!(
+        pulls
+            .iter()
+            .any(|(_, to, msg)| **to == *B && matches!(msg, Message::Sync(_))),
+        "a parked request pulls from the view"
+    );
+    m.tick(at(509));
+    assert!(
+        replies(m.take_outputs()).is_empty(),
+        "still within the causal wait"
+    );
+    assert_eq!(
+        m.next_deadline(),
+        Time::from_millis(510),
+        "the causal wait ends before the next probe round"
+    );
+    m.tick(at(510));
+    let got = replies(m.take_outputs());
+    assert!(matches!(
+        &got[..],
+        [(1, Reply::Failed(NodeError::CausalTimeout))]
+    ));
+}
+
+#[test]
+fn a_parked_request_is_served_when_its_dependency_arrives() {
+    let mut m = a_with_b();
+    let mut b = Replica::new(B.into(), 10);
+    b.start_incarnation(5);
+    let theirs = b
+        .write(
+            "x".into(),
+            Some(value("1")),
+            &Clock::new(),
+            &Limits::loose(),
+        )
+        .unwrap();
+    m.request(
+        1,
+        Request::Get {
+            key: "x".into(),
+            deps: theirs.metadata,
+        },
+        at(10),
+    );
+    m.take_outputs();
+    let message = Message::Replicate(Replicate {
+        from: B.into(),
+        writes: vec![Arc::new(theirs.write)],
+    });
+    assert!(matches!(m.message(message, at(20)), Ok(Answer::Taken(_))));
+    let got = replies(m.take_outputs());
+    assert!(matches!(&got[..], [(1, Reply::Found { value, .. })] if &**value == "1"));
+}
+
+#[test]
+fn a_write_is_answered_once_its_peer_acknowledged_it() {
+    let mut m = a_with_b();
+    m.request(1, put("k", "1", Clock::new()), at(10));
+    assert!(replies(m.take_outputs()).is_empty(), "waits for B");
+    assert!(m.take_flush_wanted());
+    m.flush(at(11));
+    let batch = sends(&mut m);
+    let [(call, to, Message::Replicate(replicate))] = &batch[..] else {
+        panic!("one batch to B: {batch:?}");
+    };
+    assert_eq!((&**to, replicate.writes.len()), (B, 1));
+    m.answered(*call, Ok(Answer::Taken(Received::default())), at(12));
+    let got = replies(m.take_outputs());
+    assert!(matches!(
+        &got[..],
+        [(1, Reply::Written { existed: false, .. })]
+    ));
+}
+
+#[test]
+fn a_silent_peer_delays_a_write_by_the_replication_timeout_at_most() {
+    let mut m = a_with_b();
+    m.request(1, put("k", "1", Clock::new()), at(10));
+    m.flush(at(11));
+    m.take_outputs();
+    let deadline = 10 + 1000 + ACK_SLACK.as_millis() as u64;
+    m.tick(at(deadline - 1));
+    assert!(replies(m.take_outputs()).is_empty());
+    m.tick(at(deadline));
+    let got = replies(m.take_outputs());
+    assert!(matches!(&got[..], [(1, Reply::Written { .. })]));
+}
+
+#[test]
+fn a_peer_outside_the_view_gets_no_data() {
+    let mut m = Machine::<u32>::new(settings(&[A, B]));
+    m.start(at(0));
+    let request = SyncRequest {
+        from: B.into(),
+        clock: Clock::new(),
+        after: None,
+    };
+    let refused = m.message(Message::Sync(request), at(1));
+    assert!(matches!(refused, Err(NodeError::NotInView(_))));
+}
+
+#[test]
+fn a_failed_replication_takes_the_peer_out_of_the_view() {
+    let mut m = a_with_b();
+    m.request(1, put("k", "1", Clock::new()), at(10));
+    m.flush(at(11));
+    let (call, ..) = sends(&mut m).pop().unwrap();
+    m.answered(call, Err(CallError::Timeout), at(1011));
+    assert!(!m.members().in_view(B));
+    let got = replies(m.take_outputs());
+    assert!(
+        matches!(&got[..], [(1, Reply::Written { .. })]),
+        "released at once"
+    );
+}
