@@ -30,7 +30,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::server::node::Health;
+use crate::server::health::Health;
 
 /// The content type of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -422,7 +422,7 @@ impl ProcessStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::node::PeerHealth;
+    use crate::server::health::PeerHealth;
 
     fn health() -> Health {
         Health {

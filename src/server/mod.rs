@@ -9,6 +9,7 @@ pub mod alloc;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod node;

@@ -95,7 +95,7 @@ pub enum StatusError {
 }
 
 /// A replica's `/health` answer, as far as this command reads it (a mirror of
-/// `crate::server::node::Health`; unknown fields are ignored).
+/// `crate::server::health::Health`; unknown fields are ignored).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HealthReport {
     pub replica: String,

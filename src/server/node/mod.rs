@@ -18,8 +18,6 @@
 //! second mutex that is never held together with the first. Network I/O always happens
 //! after the guards are dropped.
 
-mod health;
-
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,6 +31,7 @@ use crate::protocol::store::{Key, Value};
 use crate::protocol::time::{Now, Time};
 use crate::server::alloc;
 use crate::server::config::Config;
+use crate::server::health::Health;
 use crate::server::metrics::Metrics;
 use crate::server::peer::{self, PeerClient, PeerSettings};
 use crate::server::tls::TlsError;
@@ -40,7 +39,6 @@ use crate::server::trust::Trust;
 use crate::server::wallclock::now_micros;
 
 pub use crate::protocol::machine::NodeError;
-pub use health::{Health, PeerHealth};
 
 /// Where a reply goes: the request handler waiting for it.
 pub type Waiter = oneshot::Sender<Reply>;
@@ -82,7 +80,6 @@ pub struct Node {
     flusher: Notify,
     /// The origin of the machine's time.
     origin: Instant,
-    me: Addr,
     /// When this process started serving.
     started: std::time::Instant,
     this: std::sync::Weak<Node>,
@@ -106,7 +103,6 @@ impl Node {
         });
         let machine = Machine::new(settings(&config));
         Ok(Arc::new_cyclic(|this| Node {
-            me: config.me.clone(),
             config,
             machine: Mutex::new(machine),
             trust,
@@ -208,6 +204,12 @@ impl Node {
         let fresh = PeerClient::new(self.peer_settings.clone());
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         clients.insert(peer.clone(), fresh);
+    }
+
+    /// A snapshot of this replica (`/health`, `/ready`, the gauges).
+    pub fn health(&self) -> Health {
+        let uptime = self.started.elapsed().as_secs_f64();
+        Health::of(&self.lock(), uptime)
     }
 
     /// The current view, sorted.

@@ -1,12 +1,12 @@
 //! What a replica reports about itself: `/health` (liveness, with a snapshot for
 //! `causalkv status`) and `/ready` (bootstrapped and in its own view), and the gauges the
-//! metrics read at scrape time. Everything is read under one short acquisition of the
-//! state lock.
+//! metrics read at scrape time. A snapshot is taken from the protocol machine in one
+//! acquisition of the driver's lock.
 
 use serde::Serialize;
 
-use super::Node;
 use crate::protocol::causal::{Addr, Clock};
+use crate::protocol::machine::Machine;
 use crate::protocol::membership::Status;
 
 /// A replica at one instant.
@@ -40,11 +40,11 @@ pub struct PeerHealth {
     pub lag_writes: u64,
 }
 
-impl Node {
-    /// A snapshot of this replica.
-    pub fn health(&self) -> Health {
-        let machine = self.lock();
+impl Health {
+    /// The snapshot of `machine`, a replica up for `uptime_seconds`.
+    pub fn of<W>(machine: &Machine<W>, uptime_seconds: f64) -> Health {
         let (replica, members) = (machine.replica(), machine.members());
+        let me = &machine.settings().me;
         let clock = replica.clock();
         let peers = members
             .members()
@@ -59,10 +59,10 @@ impl Node {
             })
             .collect();
         Health {
-            replica: self.me.clone(),
+            replica: me.clone(),
             incarnation: replica.incarnation().map(ToString::to_string),
-            uptime_seconds: self.started.elapsed().as_secs_f64(),
-            ready: replica.is_ready() && members.in_view(&self.me),
+            uptime_seconds,
+            ready: replica.is_ready() && members.in_view(me),
             view: members.view(),
             keys: replica.store().live_keys(),
             store_bytes: replica.store().bytes(),
