@@ -4,6 +4,7 @@
 
 pub mod causal;
 pub mod delivery;
+pub mod journal;
 pub mod machine;
 pub mod membership;
 pub mod replica;

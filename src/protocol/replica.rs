@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::protocol::causal::limits::MAX_COUNTER;
 use crate::protocol::causal::{Addr, Clock, Dot, Incarnation, Limits};
 use crate::protocol::delivery::{DeliveryBuffer, Offer, Write};
+use crate::protocol::journal::Record;
 use crate::protocol::store::{Entry, Key, Read, Store, Value};
 
 /// Errors of the causal core.
@@ -75,6 +76,10 @@ pub struct Replica {
     clock: Clock,
     store: Store,
     buffer: DeliveryBuffer,
+    /// Changes not yet taken by the driver, when this replica keeps a journal.
+    journal: Option<Vec<Record>>,
+    /// The highest epoch of an earlier life of this process, from its journal.
+    past_epoch: Option<u64>,
 }
 
 impl Replica {
@@ -86,6 +91,69 @@ impl Replica {
             clock: Clock::new(),
             store: Store::new(),
             buffer: DeliveryBuffer::new(buffer_capacity),
+            journal: None,
+            past_epoch: None,
+        }
+    }
+
+    /// A replica that records every change of its state (see `journal`), rebuilt from the
+    /// records a previous life left (none for a new replica). It has no incarnation yet.
+    pub fn with_journal(
+        addr: Addr,
+        buffer_capacity: usize,
+        records: impl IntoIterator<Item = Record>,
+    ) -> Self {
+        let mut replica = Replica::new(addr, buffer_capacity);
+        let mut life: Option<Incarnation> = None;
+        for record in records {
+            match record {
+                Record::Applied {
+                    key,
+                    entry,
+                    advance,
+                } => {
+                    if advance {
+                        replica.clock.advance(&entry.dot);
+                    }
+                    replica.apply_entry(key, entry);
+                }
+                Record::ClockMerged { clock } => match &life {
+                    Some(me) => replica.clock.merge_except(&clock, me),
+                    None => replica.clock.merge(&clock),
+                },
+                Record::Retired { addr, floor } => replica.clock.raise_floor(&addr, floor),
+                Record::Started { incarnation } => {
+                    // The next life's epoch goes above it, writes or not.
+                    replica.past_epoch = replica.past_epoch.max(Some(incarnation.epoch));
+                    life = Some(incarnation);
+                }
+            }
+        }
+        replica.journal = Some(Vec::new());
+        replica
+    }
+
+    /// True when this replica records its changes.
+    pub fn has_journal(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    /// How many changes are recorded and not yet taken.
+    pub fn journal_len(&self) -> usize {
+        self.journal.as_ref().map_or(0, Vec::len)
+    }
+
+    /// The changes recorded since the last call (empty without a journal).
+    pub fn take_journal(&mut self) -> Vec<Record> {
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn record(&mut self, record: impl FnOnce() -> Record) {
+        if let Some(journal) = &mut self.journal {
+            journal.push(record());
         }
     }
 
@@ -124,11 +192,13 @@ impl Replica {
     /// microseconds, which orders lives even when no peer remembers the last one) and above
     /// every epoch of this address in the clock.
     pub fn start_incarnation(&mut self, not_before: u64) -> &Incarnation {
-        let known = self
-            .clock
-            .max_epoch_of(&self.addr)
+        let known = (self.clock.max_epoch_of(&self.addr))
+            .max(self.past_epoch)
             .map_or(0, |e| e.saturating_add(1));
         let inc = Incarnation::new(self.addr.clone(), not_before.max(known));
+        self.record(|| Record::Started {
+            incarnation: inc.clone(),
+        });
         self.me.insert(inc)
     }
 
@@ -185,6 +255,11 @@ impl Replica {
         let existed = self.store.contains(&key);
         self.store.apply(key.clone(), entry.clone());
         self.clock.advance(&dot);
+        self.record(|| Record::Applied {
+            key: key.clone(),
+            entry: entry.clone(),
+            advance: true,
+        });
         let deps = deps.without_retired(&self.clock);
         let mut metadata = deps.clone();
         metadata.advance(&dot);
@@ -230,6 +305,11 @@ impl Replica {
         let released = self.buffer.release(&mut self.clock);
         let count = released.len();
         for write in released {
+            self.record(|| Record::Applied {
+                key: write.key.clone(),
+                entry: write.entry.clone(),
+                advance: true,
+            });
             self.apply_entry(write.key, write.entry);
         }
         count
@@ -270,6 +350,13 @@ impl Replica {
                 continue;
             }
             self.lamport = self.lamport.max(entry.lamport);
+            if let Some(journal) = &mut self.journal {
+                journal.push(Record::Applied {
+                    key: key.clone(),
+                    entry: entry.clone(),
+                    advance: false,
+                });
+            }
             changed += usize::from(self.store.apply(key, entry));
         }
         changed
@@ -279,6 +366,9 @@ impl Replica {
     /// buffered writes that unblocked; returns how many.
     /// A peer's clock never advances or retires this replica's own entry.
     pub fn merge_clock(&mut self, clock: &Clock) -> usize {
+        self.record(|| Record::ClockMerged {
+            clock: clock.clone(),
+        });
         match &self.me {
             Some(me) => self.clock.merge_except(clock, me),
             None => self.clock.merge(clock),
@@ -288,6 +378,10 @@ impl Replica {
 
     /// Retires every incarnation of `addr` below `floor` (see `Clock::raise_floor`).
     pub fn retire(&mut self, addr: &Addr, floor: u64) {
+        self.record(|| Record::Retired {
+            addr: addr.clone(),
+            floor,
+        });
         self.clock.raise_floor(addr, floor);
     }
 }

@@ -26,7 +26,8 @@
 //! * A local write is applied, then queued on the link of every peer in the view; its
 //!   client is answered when each of those peers has acknowledged it, failed, or
 //!   `replication_timeout` (plus a little slack) has passed. The answer never waits for
-//!   a peer outside the view.
+//!   a peer outside the view. On a durable replica ([`Machine::durable`]) it also waits,
+//!   without a deadline, until the journal record of the write is durable.
 //! * Data (replicated writes, catch-up chunks) is exchanged only with peers in the view on
 //!   both sides (`membership`); a link never sends to a peer that has left it.
 //! * At most one call per peer is in flight on a link, one pull per peer and one probe per
@@ -43,6 +44,7 @@ use std::time::Duration;
 
 use crate::protocol::causal::{Addr, Clock, Dot};
 use crate::protocol::delivery::Write;
+use crate::protocol::journal::{Record, Seq};
 use crate::protocol::membership::{Change, Membership, Timing};
 use crate::protocol::replica::{CoreError, Delta, Received, Replica};
 use crate::protocol::store::{Key, Read, Value};
@@ -85,6 +87,8 @@ pub struct Bugs {
     pub ack_without_queueing: bool,
     /// A catch-up transfer stops before its last chunk.
     pub drop_last_chunk: bool,
+    /// A durable replica acknowledges a write before its record is durable.
+    pub ack_before_persisted: bool,
 }
 
 /// Errors a request or a peer's message can meet (the server maps each to a status).
@@ -217,6 +221,10 @@ pub enum Output<W> {
     },
     /// `peer` restarted: drop connections to its previous life.
     ResetPeer(Addr),
+    /// Make these journal records durable (a durable replica only), after every record
+    /// of earlier `Persist` outputs; `upto` is the position of the last one. Report with
+    /// [`Machine::persisted`].
+    Persist { upto: Seq, records: Vec<Record> },
     /// Something for the metrics.
     Event(Event),
 }
@@ -249,13 +257,16 @@ struct Parked<W> {
     deadline: Time,
 }
 
-/// A local write waiting for its peers' acknowledgements.
+/// A local write waiting for its peers' acknowledgements and, on a durable replica, for
+/// its journal record to be durable.
 #[derive(Debug)]
 struct PendingWrite<W> {
     waiter: W,
     reply: Reply,
-    /// Peers whose outcome is still unknown.
+    /// Peers whose outcome is still unknown (0 once the replication deadline passed).
     outstanding: usize,
+    /// The journal position that must be durable first (0: none).
+    durable_at: Seq,
 }
 
 pub struct Machine<W> {
@@ -282,6 +293,9 @@ pub struct Machine<W> {
     next_probe: Time,
     outputs: Vec<Output<W>>,
     flush_wanted: bool,
+    /// Journal positions: the last handed out in a `Persist`, and the last durable.
+    journal_taken: Seq,
+    journal_durable: Seq,
     #[cfg(test)]
     bugs: Bugs,
 }
@@ -312,9 +326,48 @@ impl<W> Machine<W> {
             next_probe: Time::ZERO,
             outputs: Vec::new(),
             flush_wanted: false,
+            journal_taken: 0,
+            journal_durable: 0,
             #[cfg(test)]
             bugs: Bugs::default(),
         }
+    }
+
+    /// A durable replica: it keeps a journal of every change of its state (handed out as
+    /// [`Output::Persist`]) and answers a write only once its record is durable.
+    /// `records` are what its previous lives left, replayed before it starts (see
+    /// `journal`); call [`Machine::start`] next.
+    pub fn durable(settings: Settings, records: impl IntoIterator<Item = Record>) -> Self {
+        let mut machine = Machine::new(settings);
+        let (addr, capacity) = (
+            machine.settings.me.clone(),
+            machine.settings.delivery_buffer,
+        );
+        machine.replica = Replica::with_journal(addr, capacity, records);
+        machine
+    }
+
+    /// Every journal record up to `upto` is durable: answers the writes that waited only
+    /// for that.
+    pub fn persisted(&mut self, upto: Seq) {
+        if upto <= self.journal_durable {
+            return;
+        }
+        self.journal_durable = upto;
+        let ready: Vec<u64> = (self.pending.iter())
+            .filter(|(_, p)| p.outstanding == 0 && p.durable_at <= upto)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            if let Some(done) = self.pending.remove(&id) {
+                self.outputs.push(Output::Reply(done.waiter, done.reply));
+            }
+        }
+    }
+
+    /// The journal position of the last change made so far.
+    fn journal_position(&self) -> Seq {
+        self.journal_taken + self.replica.journal_len() as Seq
     }
 
     /// Plants `bugs` (test builds only).
@@ -347,12 +400,13 @@ impl<W> Machine<W> {
 
     /// Everything the machine has asked for since the last call, in order.
     pub fn take_outputs(&mut self) -> Vec<Output<W>> {
+        let records = self.replica.take_journal();
+        if !records.is_empty() {
+            self.journal_taken += records.len() as Seq;
+            let upto = self.journal_taken;
+            self.outputs.push(Output::Persist { upto, records });
+        }
         std::mem::take(&mut self.outputs)
-    }
-
-    /// Moves the outputs into `into` (keeps both allocations).
-    pub fn drain_outputs(&mut self, into: &mut Vec<Output<W>>) {
-        into.append(&mut self.outputs);
     }
 
     /// True (once) when writes were queued since the last [`Machine::flush`]: the driver
@@ -499,8 +553,18 @@ impl<W> Machine<W> {
         self.wake_parked(now);
         let id = self.next_pending;
         self.next_pending += 1;
+        let durable_at = match self.replica.has_journal() {
+            true => self.journal_position(),
+            false => 0,
+        };
+        #[cfg(test)]
+        let durable_at = if self.bugs.ack_before_persisted {
+            0
+        } else {
+            durable_at
+        };
         let outstanding = self.queue_on_links(Arc::new(local.write), id);
-        if outstanding == 0 {
+        if outstanding == 0 && durable_at <= self.journal_durable {
             self.outputs.push(Output::Reply(waiter, reply));
             return;
         }
@@ -511,6 +575,7 @@ impl<W> Machine<W> {
                 waiter,
                 reply,
                 outstanding,
+                durable_at,
             },
         );
         self.pending_deadlines.push_back((deadline, id));
@@ -521,8 +586,9 @@ impl<W> Machine<W> {
         let Some(pending) = self.pending.get_mut(&id) else {
             return;
         };
-        pending.outstanding -= 1;
+        pending.outstanding = pending.outstanding.saturating_sub(1);
         if pending.outstanding == 0
+            && pending.durable_at <= self.journal_durable
             && let Some(done) = self.pending.remove(&id)
         {
             self.outputs.push(Output::Reply(done.waiter, done.reply));
@@ -535,12 +601,15 @@ impl<W> Machine<W> {
                 break;
             }
             self.pending_deadlines.pop_front();
-            if let Some(done) = self.pending.remove(&id) {
+            // The peers are waited for no longer; durability still is.
+            let durable = self.journal_durable;
+            let ready = self.pending.get_mut(&id).is_some_and(|p| {
+                p.outstanding = 0;
+                p.durable_at <= durable
+            });
+            if ready && let Some(done) = self.pending.remove(&id) {
                 self.outputs.push(Output::Reply(done.waiter, done.reply));
             }
-        }
-        if self.pending.is_empty() {
-            self.pending_deadlines.clear();
         }
     }
 

@@ -173,6 +173,9 @@ impl Node {
                     });
                 }
                 Output::ResetPeer(peer) => self.reset_client(&peer),
+                // The server's machine keeps no journal: replicas have no data directory
+                // yet, so it never asks.
+                Output::Persist { .. } => {}
                 Output::Event(event) => self.count(event),
             }
         }

@@ -56,6 +56,11 @@ pub enum Action {
     JumpClock(usize, i64),
     /// A crash that waited since this instant.
     CrashWaiting(usize, bool, Time),
+    /// Every replica loses power at once (durable clusters only).
+    CrashAll,
+    /// Every replica loses power the moment the next write is acknowledged to its client
+    /// (durable clusters only): the instant an acknowledgement must already be durable.
+    CrashAllAfterAck,
     /// Timing rule: `r`, reconnected a moment ago, is not yet back in any view (the
     /// stability period).
     CheckStillOut(usize, Vec<usize>),
@@ -75,6 +80,8 @@ impl Action {
             self,
             Action::Crash(..)
                 | Action::CrashWaiting(..)
+                | Action::CrashAll
+                | Action::CrashAllAfterAck
                 | Action::Restart(_)
                 | Action::Isolate(_)
                 | Action::CutOneWay(..)
@@ -92,6 +99,9 @@ pub struct SimConfig {
     /// Simulated time the run lasts.
     pub duration: Duration,
     pub sessions: u32,
+    /// Replicas keep a journal on a simulated disk (`Some(true)`), or memory only;
+    /// `None` lets the seed pick.
+    pub durable: Option<bool>,
     #[cfg(test)]
     pub bugs: crate::protocol::machine::Bugs,
 }
@@ -103,6 +113,7 @@ impl SimConfig {
             replicas,
             duration,
             sessions: 4,
+            durable: None,
             #[cfg(test)]
             bugs: Default::default(),
         }
@@ -114,6 +125,7 @@ impl SimConfig {
 pub struct Outcome {
     pub seed: u64,
     pub replicas: usize,
+    pub durable: bool,
     pub ops: usize,
     pub violations: Vec<Violation>,
     pub timing: Vec<String>,
@@ -144,8 +156,9 @@ impl Outcome {
             trace.truncate(300);
             trace.push_str("...");
         }
+        let storage = if self.durable { "durable" } else { "in memory" };
         format!(
-            "seed {} ({} replicas, {} ops): {what} | {trace}",
+            "seed {} ({} replicas {storage}, {} ops): {what} | {trace}",
             self.seed, self.replicas, self.ops
         )
     }
@@ -172,6 +185,7 @@ pub fn run(config: &SimConfig, verbose: bool) -> Outcome {
     let mut rng = SplitMix64::new(config.seed ^ 0x5EED_F0CA_05A1);
     let replicas = config.replicas.unwrap_or(3 + rng.below(3));
     let network = pick_network(&mut rng);
+    let durable = config.durable.unwrap_or(rng.below(2) == 0);
     let mut world = World::new(
         rng.next_u64(),
         replicas,
@@ -179,10 +193,12 @@ pub fn run(config: &SimConfig, verbose: bool) -> Outcome {
         network,
     );
     world.verbose = verbose;
+    world.durable = durable;
     world.check_acks = network.loss_ppm == 0;
     #[cfg(test)]
     world.plant(config.bugs);
-    world.note(format!("{replicas} replicas, {network:?}"));
+    let storage = if durable { "durable" } else { "in memory" };
+    world.note(format!("{replicas} replicas {storage}, {network:?}"));
     for r in 0..replicas {
         world.start(r);
     }
@@ -237,6 +253,7 @@ pub fn run(config: &SimConfig, verbose: bool) -> Outcome {
     Outcome {
         seed: config.seed,
         replicas,
+        durable,
         ops: world.history.len(),
         violations,
         timing: world.timing.clone(),
@@ -332,6 +349,18 @@ fn plan_faults(world: &mut World, rng: &mut SplitMix64, end: Time, timed: bool) 
                     flap
                 }
             }
+            5 if world.durable => {
+                let down = secs(rng, 1, 10);
+                let crash = match rng.below(2) {
+                    0 => Action::CrashAll,
+                    _ => Action::CrashAllAfterAck,
+                };
+                world.schedule_action(at, crash);
+                for r in 0..n {
+                    world.schedule_action(at + down, Action::Restart(r));
+                }
+                down
+            }
             _ => {
                 let by = (rng.below(4_000_001) as i64 - 2_000_000)
                     * if rng.below(2) == 0 { 1 } else { -1 };
@@ -364,6 +393,13 @@ pub fn act(world: &mut World, action: Action) {
     match action {
         Action::Crash(r, check) => crash(world, r, check, world.now),
         Action::CrashWaiting(r, check, since) => crash(world, r, check, since),
+        Action::CrashAll => {
+            world.note("power loss everywhere".into());
+            for r in 0..world.replicas() {
+                world.power_loss(r);
+            }
+        }
+        Action::CrashAllAfterAck => world.crash_after_ack = true,
         Action::Restart(r) => {
             if !world.is_up(r) {
                 world.note(format!("restart r{r}"));
@@ -429,6 +465,22 @@ fn check_still_out(world: &mut World, r: usize, side: &[usize]) {
 /// Crashes `r` once every write it applied is applied at another live replica.
 fn crash(world: &mut World, r: usize, check: bool, since: Time) {
     if !world.is_up(r) {
+        return;
+    }
+    if world.durable {
+        // A durable replica keeps what it synced: it may crash at any moment, as a
+        // process (the OS keeps what it was handed) or with the power (it does not).
+        if world.rng.below(2) == 0 {
+            world.note(format!("crash r{r}"));
+            world.crash(r);
+        } else {
+            world.note(format!("power loss r{r}"));
+            world.power_loss(r);
+        }
+        if check {
+            let at = world.now + Duration::from_secs(5);
+            world.schedule_action(at, Action::CheckGone(r));
+        }
         return;
     }
     if !world.held_elsewhere(r) {
@@ -553,6 +605,10 @@ pub struct SimulateArgs {
     /// Simulated time per seed.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// Every replica keeps a journal on a simulated disk [default: each seed picks
+    /// durable or in-memory replicas].
+    #[arg(long)]
+    pub durable: bool,
     /// Threads running seeds [default: one per core].
     #[arg(long)]
     pub threads: Option<usize>,
@@ -582,7 +638,9 @@ pub fn command(args: &SimulateArgs) -> bool {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(&seed) = seeds.get(i) else { break };
-                    let outcome = run(&SimConfig::new(seed, replicas, args.duration), verbose);
+                    let mut config = SimConfig::new(seed, replicas, args.duration);
+                    config.durable = args.durable.then_some(true);
+                    let outcome = run(&config, verbose);
                     if !outcome.passed() {
                         println!("FAIL {}", outcome.summary());
                     }

@@ -12,9 +12,14 @@ const DURATION: Duration = Duration::from_secs(120);
 
 /// Runs seeds `1..=max` with `bugs` planted; returns the first failure.
 fn first_failure(bugs: Bugs, max: u64) -> Option<Outcome> {
+    first_failure_with(bugs, max, None)
+}
+
+fn first_failure_with(bugs: Bugs, max: u64, durable: Option<bool>) -> Option<Outcome> {
     (1..=max).find_map(|seed| {
         let mut config = SimConfig::new(seed, Some(3), DURATION);
         config.bugs = bugs;
+        config.durable = durable;
         let outcome = run(&config, false);
         (!outcome.passed()).then_some(outcome)
     })
@@ -33,6 +38,28 @@ fn the_clean_protocol_passes() {
         let outcome = run(&SimConfig::new(seed, None, DURATION), false);
         assert!(outcome.passed(), "{}", outcome.summary());
         assert!(outcome.ops > 100, "the sessions ran: {}", outcome.summary());
+    }
+}
+
+#[test]
+fn durable_replicas_keep_every_acknowledged_write_through_power_losses() {
+    for seed in 1..=6 {
+        let mut config = SimConfig::new(seed, None, DURATION);
+        config.durable = Some(true);
+        let outcome = run(&config, false);
+        assert!(outcome.passed(), "{}", outcome.summary());
+    }
+}
+
+#[test]
+fn acknowledging_a_write_before_it_is_durable_is_found() {
+    let bugs = Bugs {
+        ack_before_persisted: true,
+        ..Bugs::default()
+    };
+    match first_failure_with(bugs, 20, Some(true)) {
+        Some(outcome) => println!("found {bugs:?}: {}", outcome.summary()),
+        None => panic!("{bugs:?} went unnoticed for 20 seeds"),
     }
 }
 
