@@ -127,6 +127,8 @@ struct Cluster {
     /// Fires once the whole of stderr was read.
     stderr_done: Receiver<()>,
     exited: Option<ExitStatus>,
+    /// Its working directory (and so its data directory), removed with it.
+    cwd: std::path::PathBuf,
 }
 
 impl Cluster {
@@ -134,8 +136,13 @@ impl Cluster {
     /// `CLUSTER_SECRET` or `CLUSTER_SECRET_FILE`, and with `env` added.
     fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
         let base = free_base_port();
+        // Its default data directory (./causalkv-data) goes into a directory of its own.
+        let cwd = std::env::temp_dir().join(format!("causalkv-cluster-cmd-{base}"));
+        let _ = std::fs::remove_dir_all(&cwd);
+        std::fs::create_dir_all(&cwd).expect("a working directory");
         let mut command = Command::new(env!("CARGO_BIN_EXE_causalkv"));
         command
+            .current_dir(&cwd)
             .args(["cluster", "--base-port", &base.to_string()])
             .args(args)
             .env_remove("CLUSTER_SECRET")
@@ -178,6 +185,7 @@ impl Cluster {
             stderr,
             stderr_done,
             exited: None,
+            cwd,
         }
     }
 
@@ -360,6 +368,7 @@ impl Drop for Cluster {
         for pid in self.replicas() {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
+        let _ = std::fs::remove_dir_all(&self.cwd);
     }
 }
 

@@ -13,6 +13,7 @@ use clap::Args;
 
 use crate::protocol::causal::{self, Addr, addr_of};
 use crate::server::auth::{AuthError, Keyring};
+use crate::server::storage::Fsync;
 
 /// Errors in the configuration.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -118,6 +119,21 @@ pub struct ServeArgs {
     /// an idle keep-alive connection) is closed.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
+    /// Keep the store and causal state in DIR (a journal and its snapshots) and recover
+    /// them at start-up; a restarted replica then fetches from its peers only what it
+    /// missed. Without it, the store lives in memory only.
+    #[arg(long, env = "DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// When the journal is synced to the disk (with --data-dir). always: before a write
+    /// is acknowledged (survives a power loss); interval: every --fsync-interval (a power
+    /// loss may lose that much); never: when the OS chooses. Under every policy an
+    /// acknowledged write has been handed to the OS, so it survives a crash of the
+    /// process.
+    #[arg(long, env = "FSYNC", value_enum, default_value = "interval")]
+    pub fsync: Fsync,
+    /// Longest time between two syncs with --fsync interval.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub fsync_interval: Duration,
 }
 
 /// Where the cluster secret comes from.
@@ -156,6 +172,9 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub max_connections: usize,
     pub header_timeout: Duration,
+    pub data_dir: Option<PathBuf>,
+    pub fsync: Fsync,
+    pub fsync_interval: Duration,
 }
 
 impl ServeArgs {
@@ -192,6 +211,9 @@ impl ServeArgs {
                 n => n,
             },
             header_timeout: self.header_timeout,
+            data_dir: self.data_dir.clone(),
+            fsync: self.fsync,
+            fsync_interval: self.fsync_interval,
         })
     }
 

@@ -14,6 +14,7 @@ pub mod listener;
 pub mod metrics;
 pub mod node;
 pub mod peer;
+pub mod storage;
 pub mod tls;
 pub mod trust;
 pub mod wallclock;
@@ -41,6 +42,8 @@ pub enum ServeError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Start(#[from] node::StartError),
 }
 
 /// Runs a replica until `shutdown` completes.

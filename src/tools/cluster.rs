@@ -23,6 +23,7 @@
 
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -59,6 +60,18 @@ pub struct ClusterArgs {
     /// named by `-- --cluster-secret-file` or `CLUSTER_SECRET_FILE`.
     #[arg(long)]
     pub no_secret: bool,
+    /// Keep each replica's data under DIR/<port> (`serve --data-dir`), so that the
+    /// cluster restarted on the same directory keeps its store.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "causalkv-data",
+        conflicts_with = "in_memory"
+    )]
+    pub data_dir: PathBuf,
+    /// Keep the store in memory only: it is gone when the cluster stops.
+    #[arg(long)]
+    pub in_memory: bool,
     /// Extra `causalkv serve` options for every replica, after `--`.
     #[arg(last = true)]
     pub serve_args: Vec<String>,
@@ -206,7 +219,7 @@ pub async fn run(args: ClusterArgs) -> Result<(), ClusterError> {
     };
     let outcome = match starting {
         Some(Ok(())) => {
-            print_banner(&addrs, &secret);
+            print_banner(&args, &addrs, &secret);
             tokio::select! {
                 () = signals.recv() => Ok(()),
                 exit = replicas.first_exit() => Err(ClusterError::Exited(exit.addr, exit.status)),
@@ -245,11 +258,18 @@ fn threads_per_replica(replicas: u16) -> usize {
 /// at the terminal reaches this command, which stops them) and dying with this command.
 fn launch(args: &ClusterArgs, addrs: &[SocketAddr], secret: &Secret) -> Launch {
     let threads = threads_per_replica(args.replicas).to_string();
-    let launch = Launch::new(addrs.to_vec())
+    let mut launch = Launch::new(addrs.to_vec())
         .env("CAUSALKV_WORKER_THREADS", threads)
+        .env_remove("DATA_DIR")
         .args(&args.serve_args)
         .own_process_group()
         .die_with_parent();
+    if !args.in_memory {
+        for (i, addr) in addrs.iter().enumerate() {
+            let dir = args.data_dir.join(addr.port().to_string());
+            launch = launch.replica_env(i, "DATA_DIR", dir);
+        }
+    }
     secret.apply(launch)
 }
 
@@ -258,7 +278,7 @@ fn say(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
-fn print_banner(addrs: &[SocketAddr], secret: &Secret) {
+fn print_banner(args: &ClusterArgs, addrs: &[SocketAddr], secret: &Secret) {
     let (Some(first), Some(last)) = (addrs.first(), addrs.last()) else {
         return;
     };
@@ -267,6 +287,13 @@ fn print_banner(addrs: &[SocketAddr], secret: &Secret) {
         banner += &format!("  replica-{}  http://{addr}\n", i + 1);
     }
     banner += &format!("{}\n", secret.describe());
+    banner += &match args.in_memory {
+        true => "data: in memory only (--in-memory)\n".to_string(),
+        false => format!(
+            "data: {}/<port> (kept across restarts; --in-memory for none)\n",
+            args.data_dir.display()
+        ),
+    };
     banner += "\nTry:\n";
     banner += &format!(
         "  curl -s -X PUT http://{first}/kvs/greeting -H 'Content-Type: application/json' \\\n       -d '{{\"value\": \"hello\", \"causal-metadata\": null}}'\n"

@@ -332,6 +332,21 @@ impl Node {
             .map_err(|err| format!("GET /kvs/{key} at {}: no answer: {err}", self.addr))
     }
 
+    /// `PUT /kvs/<key>`; `Err` when no answer came back (the replica died).
+    pub async fn try_put(&self, key: &str, value: &Value, meta: &Value) -> Result<Reply, String> {
+        let body = json!({ "value": value, "causal-metadata": meta });
+        self.try_request(Method::PUT, &kvs_path(key), Body::Json(body))
+            .await
+            .map_err(|err| format!("PUT /kvs/{key} at {}: no answer: {err}", self.addr))
+    }
+
+    /// `DELETE /kvs/<key>`; `Err` when no answer came back.
+    pub async fn try_delete(&self, key: &str, meta: &Value) -> Result<Reply, String> {
+        self.try_request(Method::DELETE, &kvs_path(key), meta_body(meta))
+            .await
+            .map_err(|err| format!("DELETE /kvs/{key} at {}: no answer: {err}", self.addr))
+    }
+
     /// `DELETE /kvs/<key>` with `{"causal-metadata": meta}`.
     pub async fn delete(&self, key: &str, meta: &Value) -> Reply {
         self.kvs(Method::DELETE, key, meta_body(meta)).await
@@ -496,6 +511,26 @@ impl TestCluster {
     /// `causalkv cluster` runs replicas on a small machine), the others the default
     /// multi-threaded one, so that every test exercises both.
     pub fn spawn(name: &str, n: usize, args: &[&str]) -> Self {
+        Self::spawn_with(name, n, args, |launch, _| launch)
+    }
+
+    /// Starts `n` replicas, each keeping its data in `root/<i>` (`DATA_DIR`), and waits
+    /// until they are ready.
+    pub async fn start_durable(name: &str, n: usize, args: &[&str], root: &Path) -> Self {
+        let mut cluster = Self::spawn_with(name, n, args, |launch, i| {
+            launch.replica_env(i, "DATA_DIR", root.join(i.to_string()))
+        });
+        cluster.wait_ready(within(READY_TIMEOUT)).await;
+        cluster
+    }
+
+    /// Like [`TestCluster::spawn`], with `each` adjusting every replica's launch.
+    pub fn spawn_with(
+        name: &str,
+        n: usize,
+        args: &[&str],
+        each: impl Fn(Launch, usize) -> Launch,
+    ) -> Self {
         let addrs = launcher::free_loopback_addrs(n).expect("bind free loopback ports");
         let log_level = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
         let mut launch = Launch::new(addrs)
@@ -507,6 +542,7 @@ impl TestCluster {
         for i in 0..n {
             launch =
                 launch.replica_env(i, "CAUSALKV_WORKER_THREADS", if i == 0 { "1" } else { "2" });
+            launch = each(launch, i);
         }
         let mut replicas = launch.build();
         replicas.start_all().expect("spawn causalkv");

@@ -5,7 +5,7 @@
 //!
 //! - **fjall**: one keyspace, one `WriteBatch` per group, then `Database::persist(SyncAll)`;
 //! - **redb**: one table, one write transaction per group, `Durability::Immediate`;
-//! - **log**: an append-only file of `[len u32][crc32 u32][payload]` records, one `write(2)`
+//! - **log**: an append-only file of `[len u32][crc32 u32][payload]` records, one `pwrite(2)`
 //!   and one `fdatasync` per group (group commit); recovery replays it into a `BTreeMap`.
 //!   `log` extends the file with `set_len` 64 MiB at a time (as fjall does with its journal),
 //!   so an fdatasync need not commit a size change; `log-grow` appends to a growing file.
@@ -56,7 +56,9 @@ impl Engine for Fjall {
     const NAME: &'static str = "fjall";
     fn open(dir: &Path) -> Self {
         let db = fjall::Database::builder(dir).open().unwrap();
-        let ks = db.keyspace("kv", fjall::KeyspaceCreateOptions::default).unwrap();
+        let ks = db
+            .keyspace("kv", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
         Fjall { db, ks }
     }
     fn commit(&mut self, ops: &[Op]) {
@@ -92,7 +94,9 @@ struct Redb {
 impl Engine for Redb {
     const NAME: &'static str = "redb";
     fn open(dir: &Path) -> Self {
-        Redb { db: redb::Database::create(dir.join("store.redb")).unwrap() }
+        Redb {
+            db: redb::Database::create(dir.join("store.redb")).unwrap(),
+        }
     }
     fn commit(&mut self, ops: &[Op]) {
         let mut tx = self.db.begin_write().unwrap();
@@ -164,7 +168,13 @@ impl<const PREALLOC: bool> Engine for Log<PREALLOC> {
     const NAME: &'static str = if PREALLOC { "log" } else { "log-grow" };
     fn open(dir: &Path) -> Self {
         let path = dir.join("wal.log");
-        let mut file = OpenOptions::new().create(true).read(true).write(true).open(&path).unwrap();
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap();
         let mut data = Vec::new();
         file.read_to_end(&mut data).unwrap();
         let mut map = BTreeMap::new();
@@ -172,7 +182,9 @@ impl<const PREALLOC: bool> Engine for Log<PREALLOC> {
         while at + 8 <= data.len() {
             let len = u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
             let crc = u32::from_le_bytes(data[at + 4..at + 8].try_into().unwrap());
-            let Some(p) = data.get(at + 8..at + 8 + len) else { break };
+            let Some(p) = data.get(at + 8..at + 8 + len) else {
+                break;
+            };
             if len == 0 || crc32fast::hash(p) != crc {
                 break; // torn tail; a real store would truncate here
             }
@@ -184,7 +196,12 @@ impl<const PREALLOC: bool> Engine for Log<PREALLOC> {
             }
             at += 8 + len;
         }
-        Log { file, pos: at as u64, buf: Vec::new(), map }
+        Log {
+            file,
+            pos: at as u64,
+            buf: Vec::new(),
+            map,
+        }
     }
     fn commit(&mut self, ops: &[Op]) {
         use std::os::unix::fs::FileExt;
@@ -209,7 +226,11 @@ impl<const PREALLOC: bool> Engine for Log<PREALLOC> {
         }
     }
     fn scan(&self) -> (u64, u64) {
-        let bytes = self.map.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        let bytes = self
+            .map
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum();
         (self.map.len() as u64, bytes)
     }
 }
@@ -295,7 +316,10 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn mib(b: u64) -> f64 {
@@ -360,7 +384,11 @@ fn write_report(name: &str, batch: usize, rs: &[(f64, f64, f64)]) {
         name,
         batch,
         median(rates.clone()),
-        rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join("/"),
+        rates
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join("/"),
         median(all(1)),
         median(all(2)),
     );
@@ -430,7 +458,12 @@ fn recovery<E: Engine>(runs: u64) {
         );
     }
     let (len, alloc) = disk_usage(&dir.0);
-    println!("recov  {:5} disk after reopens: {:.1} MiB apparent, {:.1} MiB allocated", E::NAME, mib(len), mib(alloc));
+    println!(
+        "recov  {:5} disk after reopens: {:.1} MiB apparent, {:.1} MiB allocated",
+        E::NAME,
+        mib(len),
+        mib(alloc)
+    );
 }
 
 /// Puts and deletes (50/50) over 10,000 keys, 256 per sync.
@@ -446,13 +479,21 @@ fn churn<E: Engine>(ops_total: u64) {
                 .map(|_| {
                     done += 1;
                     let k = key(rng.below(10_000));
-                    if rng.below(2) == 0 { Op::Put(k, value(done)) } else { Op::Del(k) }
+                    if rng.below(2) == 0 {
+                        Op::Put(k, value(done))
+                    } else {
+                        Op::Del(k)
+                    }
                 })
                 .collect();
             e.commit(&ops);
         }
         let (_, open_alloc) = disk_usage(&dir.0);
-        println!("churn  {:5} disk while open at the end: {:.1} MiB", E::NAME, mib(open_alloc));
+        println!(
+            "churn  {:5} disk while open at the end: {:.1} MiB",
+            E::NAME,
+            mib(open_alloc)
+        );
         e.scan()
     };
     let secs = t.elapsed().as_secs_f64();
@@ -468,10 +509,17 @@ fn churn<E: Engine>(ops_total: u64) {
     std::thread::sleep(Duration::from_secs(2));
     let (_, reopened) = disk_usage(&dir.0);
     drop(e);
-    println!("churn  {:5} disk after reopen + 2 s: {:.1} MiB", E::NAME, mib(reopened));
+    println!(
+        "churn  {:5} disk after reopen + 2 s: {:.1} MiB",
+        E::NAME,
+        mib(reopened)
+    );
     if E::NAME == Fjall::NAME {
         let e = Fjall::open(&dir.0);
-        println!("churn  fjall journal {:.1} MiB of that", mib(e.db.journal_disk_space().unwrap()));
+        println!(
+            "churn  fjall journal {:.1} MiB of that",
+            mib(e.db.journal_disk_space().unwrap())
+        );
     }
     compact_report::<E>(&dir.0, live);
 }

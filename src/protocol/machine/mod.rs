@@ -100,6 +100,8 @@ pub enum NodeError {
     NotInView(Addr),
     #[error("{0}")]
     ClockAhead(CoreError),
+    #[error("This replica cannot make writes durable ({0}); reads still work")]
+    Storage(String),
 }
 
 /// A client's request to the key-value store, with the metadata it carried.
@@ -296,6 +298,8 @@ pub struct Machine<W> {
     /// Journal positions: the last handed out in a `Persist`, and the last durable.
     journal_taken: Seq,
     journal_durable: Seq,
+    /// Why the journal cannot be written, while it cannot: writes are refused.
+    storage_error: Option<String>,
     #[cfg(test)]
     bugs: Bugs,
 }
@@ -328,6 +332,7 @@ impl<W> Machine<W> {
             flush_wanted: false,
             journal_taken: 0,
             journal_durable: 0,
+            storage_error: None,
             #[cfg(test)]
             bugs: Bugs::default(),
         }
@@ -353,6 +358,9 @@ impl<W> Machine<W> {
         if upto <= self.journal_durable {
             return;
         }
+        if let Some(error) = self.storage_error.take() {
+            tracing::info!(%error, "the journal is written again; writes are accepted");
+        }
         self.journal_durable = upto;
         let ready: Vec<u64> = (self.pending.iter())
             .filter(|(_, p)| p.outstanding == 0 && p.durable_at <= upto)
@@ -363,6 +371,24 @@ impl<W> Machine<W> {
                 self.outputs.push(Output::Reply(done.waiter, done.reply));
             }
         }
+    }
+
+    /// The journal cannot be written: every write waiting for it is answered with the
+    /// error (it was applied here, and maybe replicated, but is not acknowledged), and new
+    /// writes are refused until a later record is durable. Reads go on.
+    pub fn storage_failed(&mut self, error: String) {
+        let durable = self.journal_durable;
+        let failed: Vec<u64> = (self.pending.iter())
+            .filter(|(_, p)| p.durable_at > durable)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in failed {
+            if let Some(done) = self.pending.remove(&id) {
+                let reply = Reply::Failed(NodeError::Storage(error.clone()));
+                self.outputs.push(Output::Reply(done.waiter, reply));
+            }
+        }
+        self.storage_error = Some(error);
     }
 
     /// The journal position of the last change made so far.
@@ -533,6 +559,11 @@ impl<W> Machine<W> {
     /// Makes a local write and queues it on every link in the view; the reply waits for
     /// the acknowledgements.
     fn write(&mut self, waiter: W, key: Key, value: Option<Value>, deps: &Clock, now: Now) {
+        if let Some(error) = &self.storage_error {
+            let reply = Reply::Failed(NodeError::Storage(error.clone()));
+            self.outputs.push(Output::Reply(waiter, reply));
+            return;
+        }
         let local = match self.replica.write(key, value, deps, &now.limits()) {
             Ok(local) => local,
             Err(error) => {

@@ -121,7 +121,7 @@ impl<W> Machine<W> {
         self.start_pull(peer, true);
     }
 
-    fn finish_bootstrap(&mut self, source: Option<&Addr>, now: Now) {
+    fn finish_bootstrap(&mut self, source: Option<(&Addr, usize)>, now: Now) {
         self.bootstrap = None;
         #[cfg(test)]
         if self.bugs.reuse_identity {
@@ -138,9 +138,18 @@ impl<W> Machine<W> {
         };
         let keys = self.replica.store().live_keys();
         match source {
-            Some(peer) => {
-                tracing::info!(incarnation = %inc, keys, %peer, "bootstrap complete: copied the store")
-            }
+            Some((peer, entries)) => tracing::info!(
+                incarnation = %inc,
+                keys,
+                entries,
+                %peer,
+                "bootstrap complete: fetched what this replica's clock missed"
+            ),
+            None if keys > 0 => tracing::info!(
+                incarnation = %inc,
+                keys,
+                "bootstrap complete: no ready peer answered, starting from the data directory"
+            ),
             None => tracing::info!(
                 incarnation = %inc,
                 "bootstrap complete: no ready peer answered, starting empty"
@@ -327,7 +336,7 @@ impl<W> Machine<W> {
     fn pull_ended(&mut self, pull: Pull, now: Now) {
         self.pulling.remove(&pull.peer);
         if pull.bootstrap {
-            self.finish_bootstrap(Some(&pull.peer), now);
+            self.finish_bootstrap(Some((&pull.peer, pull.changed)), now);
         } else {
             self.wake_parked(now);
         }

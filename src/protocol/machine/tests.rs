@@ -243,3 +243,93 @@ fn a_failed_replication_takes_the_peer_out_of_the_view() {
         "released at once"
     );
 }
+
+#[test]
+fn a_durable_write_is_answered_only_once_its_record_is_durable() {
+    let mut m: Machine<u32> = Machine::durable(settings(&[A]), Vec::new());
+    m.start(at(0));
+    m.take_outputs();
+    m.request(1, put("k", "1", Clock::new()), at(1));
+    let outputs = m.take_outputs();
+    let upto = outputs
+        .iter()
+        .find_map(|o| match o {
+            Output::Persist { upto, records } if !records.is_empty() => Some(*upto),
+            _ => None,
+        })
+        .expect("the write's record is handed out");
+    assert!(
+        replies(outputs).is_empty(),
+        "no answer before the record is durable"
+    );
+    // Past every replication deadline, still no answer: durability has none.
+    m.tick(at(5_000));
+    assert!(replies(m.take_outputs()).is_empty());
+    m.persisted(upto - 1);
+    assert!(
+        replies(m.take_outputs()).is_empty(),
+        "an earlier record is not enough"
+    );
+    m.persisted(upto);
+    let got = replies(m.take_outputs());
+    assert!(matches!(&got[..], [(1, Reply::Written { .. })]));
+}
+
+#[test]
+fn a_journal_that_cannot_be_written_refuses_writes_but_not_reads() {
+    let mut m: Machine<u32> = Machine::durable(settings(&[A]), Vec::new());
+    m.start(at(0));
+    m.take_outputs();
+    m.request(1, put("k", "1", Clock::new()), at(1));
+    m.take_outputs();
+    m.storage_failed("disk full".into());
+    let got = replies(m.take_outputs());
+    assert!(matches!(
+        &got[..],
+        [(1, Reply::Failed(NodeError::Storage(_)))]
+    ));
+    m.request(2, put("k", "2", Clock::new()), at(2));
+    let got = replies(m.take_outputs());
+    assert!(matches!(
+        &got[..],
+        [(2, Reply::Failed(NodeError::Storage(_)))]
+    ));
+    let get = Request::Get {
+        key: "k".into(),
+        deps: Clock::new(),
+    };
+    m.request(3, get, at(3));
+    let got = replies(m.take_outputs());
+    assert!(
+        matches!(&got[..], [(3, Reply::Found { .. })]),
+        "reads go on"
+    );
+}
+
+#[test]
+fn a_recovered_replica_starts_a_new_life_above_every_earlier_one() {
+    let mut first: Machine<u32> = Machine::durable(settings(&[A]), Vec::new());
+    first.start(at(0));
+    first.request(1, put("k", "1", Clock::new()), at(1));
+    let mut disk = Vec::new();
+    for output in first.take_outputs() {
+        if let Output::Persist { records, .. } = output {
+            disk.extend(records);
+        }
+    }
+    let old = first.replica().incarnation().cloned().unwrap();
+    // The wall clock went back a whole second: the journal still orders the lives.
+    let mut second: Machine<u32> = Machine::durable(settings(&[A]), disk);
+    let mut earlier = at(2);
+    earlier.wall_us -= 1_000_000;
+    second.start(earlier);
+    let new = second.replica().incarnation().cloned().unwrap();
+    assert!(new.epoch > old.epoch, "{new} after {old}");
+    let get = Request::Get {
+        key: "k".into(),
+        deps: Clock::new(),
+    };
+    second.request(2, get, at(3));
+    let got = replies(second.take_outputs());
+    assert!(matches!(&got[..], [(2, Reply::Found { value, .. })] if &**value == "1"));
+}

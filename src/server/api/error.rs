@@ -65,6 +65,7 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Node(NodeError::NotInView(_)) => StatusCode::CONFLICT,
+            ApiError::Node(NodeError::Storage(_)) => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 }

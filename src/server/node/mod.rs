@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::protocol::causal::{Addr, Clock, parse_addr};
@@ -34,6 +34,7 @@ use crate::server::config::Config;
 use crate::server::health::Health;
 use crate::server::metrics::Metrics;
 use crate::server::peer::{self, PeerClient, PeerSettings};
+use crate::server::storage::{self, Journal, Report, StorageError};
 use crate::server::tls::TlsError;
 use crate::server::trust::Trust;
 use crate::server::wallclock::now_micros;
@@ -64,8 +65,21 @@ pub struct Written {
     pub metadata: Clock,
 }
 
+/// Why a replica could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("data directory: {0}")]
+    Storage(#[from] StorageError),
+}
+
 pub struct Node {
     pub config: Config,
+    /// The journal's writer, with a data directory.
+    journal: Option<Journal>,
+    /// Its reports, until `start` takes them.
+    reports: Mutex<Option<mpsc::UnboundedReceiver<Report>>>,
     machine: Mutex<Machine<Waiter>>,
     /// How peers are reached and what this replica trusts (see `trust`).
     pub trust: Arc<Trust>,
@@ -86,7 +100,7 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(config: Config) -> Result<Arc<Node>, TlsError> {
+    pub fn new(config: Config) -> Result<Arc<Node>, StartError> {
         let tls = match &config.tls {
             Some(files) => Some(crate::server::tls::client_config(
                 &files.ca,
@@ -101,9 +115,18 @@ impl Node {
             tls,
             local_ip: own_ip(&config.me),
         });
-        let machine = Machine::new(settings(&config));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (machine, journal) = match &config.data_dir {
+            None => (Machine::new(settings(&config)), None),
+            Some(dir) => {
+                let (machine, journal) = open_data_dir(&config, dir, tx)?;
+                (machine, Some(journal))
+            }
+        };
         Ok(Arc::new_cyclic(|this| Node {
             config,
+            journal,
+            reports: Mutex::new(Some(rx)),
             machine: Mutex::new(machine),
             trust,
             metrics: Metrics::new(),
@@ -141,7 +164,18 @@ impl Node {
             if machine.next_deadline() < before {
                 self.timer.notify_one();
             }
-            (result, machine.take_outputs(), machine.take_flush_wanted())
+            let mut outputs = machine.take_outputs();
+            if let Some(journal) = &self.journal {
+                // Queued under the lock, so that the journal's order is the machine's.
+                outputs.retain_mut(|output| match output {
+                    Output::Persist { upto, records } => {
+                        journal.append(*upto, std::mem::take(records));
+                        false
+                    }
+                    _ => true,
+                });
+            }
+            (result, outputs, machine.take_flush_wanted())
         };
         if flush {
             self.flusher.notify_one();
@@ -173,8 +207,7 @@ impl Node {
                     });
                 }
                 Output::ResetPeer(peer) => self.reset_client(&peer),
-                // The server's machine keeps no journal: replicas have no data directory
-                // yet, so it never asks.
+                // Queued by `step` already (a machine without a journal never asks).
                 Output::Persist { .. } => {}
                 Output::Event(event) => self.count(event),
             }
@@ -207,6 +240,15 @@ impl Node {
         let fresh = PeerClient::new(self.peer_settings.clone());
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         clients.insert(peer.clone(), fresh);
+    }
+
+    /// Writes a snapshot of the state and starts a new journal (queued under the lock,
+    /// so that it follows every record before it and precedes every record after).
+    fn compact(&self) {
+        let machine = self.lock();
+        if let Some(journal) = &self.journal {
+            journal.snapshot(machine.replica().snapshot_records());
+        }
     }
 
     /// A snapshot of this replica (`/health`, `/ready`, the gauges).
@@ -317,6 +359,10 @@ impl Node {
 
 /// Starts the machine (bootstrap), the timer and the flusher.
 pub fn start(node: &Arc<Node>) {
+    let reports = node.reports.lock().ok().and_then(|mut r| r.take());
+    if let (Some(reports), Some(_)) = (reports, &node.journal) {
+        tokio::spawn(run_storage_reports(node.clone(), reports));
+    }
     node.step(|m, now| m.start(now));
     tokio::spawn(run_timer(node.clone()));
     tokio::spawn(run_flusher(node.clone()));
@@ -340,6 +386,63 @@ async fn run_flusher(node: Arc<Node>) {
         node.flusher.notified().await;
         tokio::task::yield_now().await;
         node.step(|m, now| m.flush(now));
+    }
+}
+
+/// Recovers the data directory into a durable machine and starts the journal's writer,
+/// which reports on `reports`.
+fn open_data_dir(
+    config: &Config,
+    dir: &std::path::Path,
+    reports: mpsc::UnboundedSender<Report>,
+) -> Result<(Machine<Waiter>, Journal), StorageError> {
+    let recovered = storage::recover(dir)?;
+    if recovered.torn_bytes > 0 {
+        tracing::warn!(
+            bytes = recovered.torn_bytes,
+            "cut a torn tail off the journal (a crash in the middle of a write)"
+        );
+    }
+    let records = recovered.records.len();
+    let machine = Machine::durable(settings(config), recovered.records);
+    let keys = machine.replica().store().live_keys();
+    tracing::info!(dir = %dir.display(), records, keys, fsync = ?config.fsync, "recovered the data directory");
+    let snapshot = machine.replica().snapshot_records();
+    let journal = storage::start(
+        dir.to_path_buf(),
+        recovered.generation,
+        snapshot,
+        config.fsync,
+        config.fsync_interval,
+        move |report| {
+            let _ = reports.send(report);
+        },
+    )?;
+    Ok((machine, journal))
+}
+
+/// Carries the journal writer's reports into the machine, and compacts the journal into a
+/// snapshot once it outgrows the store.
+async fn run_storage_reports(node: Arc<Node>, mut reports: mpsc::UnboundedReceiver<Report>) {
+    let mut compacting = false;
+    while let Some(report) = reports.recv().await {
+        match report {
+            Report::Durable {
+                upto,
+                journal_bytes,
+            } => {
+                let store_bytes = node.step(|m, _| {
+                    m.persisted(upto);
+                    m.replica().store().bytes() as u64
+                });
+                let big = journal_bytes > storage::COMPACT_MIN_BYTES.max(2 * store_bytes);
+                if big && !compacting {
+                    node.compact();
+                }
+                compacting = big;
+            }
+            Report::Failed(error) => node.step(|m, _| m.storage_failed(error)),
+        }
     }
 }
 

@@ -8,13 +8,15 @@
 //!
 //! Commands (replicas are `r0`, `r1`, ...; durations like `500ms`, `3s`):
 //!
-//! * `cluster N`: starts N replicas, each configured with all of them;
+//! * `cluster N [durable]`: starts N replicas, each configured with all of them
+//!   (`durable`: each keeps a journal on a simulated disk, synced by group commit);
 //! * `run D`: lets D of simulated time pass;
 //! * `put rX KEY VALUE [meta=M] [-> M']`, `get rX KEY [meta=M] [-> M']`,
 //!   `delete rX KEY [meta=M] [-> M']`: a client request carrying the metadata saved as M
 //!   (none by default); `-> M'` saves the answer's metadata. Prints the status and, for a
 //!   read, the value. The request runs until it is answered (or the client's timeout);
-//! * `crash rX`, `restart rX`, `isolate rX [rY...]` (both ways), `cut rX rY` (rX to rY
+//! * `crash rX`, `restart rX|all`, `power-loss rX|all` (a durable replica keeps only what
+//!   it synced), `isolate rX [rY...]` (both ways), `cut rX rY` (rX to rY
 //!   only), `heal`, `clock rX +D|-D` (a wall-clock jump);
 //! * `views`: every replica's view; `status`: every replica's incarnation readiness and
 //!   number of keys.
@@ -75,8 +77,13 @@ impl Story {
         let words: Vec<&str> = line.split_whitespace().collect();
         let fail = |why: &str| format!("{line:?}: {why}");
         match words.as_slice() {
-            ["cluster", n] => {
+            ["cluster", n, storage @ ..] => {
                 let n: usize = n.parse().map_err(|_| fail("not a number"))?;
+                let durable = match storage {
+                    [] => false,
+                    ["durable"] => true,
+                    _ => return Err(fail("expected `cluster N` or `cluster N durable`")),
+                };
                 let network = Network {
                     min_latency: Duration::from_millis(1),
                     jitter: Duration::ZERO,
@@ -84,6 +91,7 @@ impl Story {
                     dup_ppm: 0,
                 };
                 let mut world = World::new(0, n, default_settings(n), network);
+                world.durable = durable;
                 for r in 0..n {
                     world.start(r);
                 }
@@ -98,6 +106,20 @@ impl Story {
             }
             [kind @ ("put" | "get" | "delete"), rest @ ..] => self.request(kind, rest, line),
             ["crash", r] => self.act(Action::Crash(replica(r)?, false)),
+            ["power-loss", "all"] => self.act(Action::CrashAll),
+            ["power-loss", r] => {
+                let r = replica(r)?;
+                let world = self.world()?;
+                world.power_loss(r);
+                Ok(vec!["ok".into()])
+            }
+            ["restart", "all"] => {
+                let world = self.world()?;
+                for r in 0..world.replicas() {
+                    act(world, Action::Restart(r));
+                }
+                Ok(vec!["ok".into()])
+            }
             ["restart", r] => self.act(Action::Restart(replica(r)?)),
             ["isolate", rs @ ..] => {
                 let side = rs.iter().map(|r| replica(r)).collect::<Result<_, _>>()?;
