@@ -185,3 +185,108 @@ async fn a_replica_restarted_on_its_directory_fetches_only_what_it_missed() {
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// Mounts a tmpfs of `size` at a new directory; `None` when this process may not mount
+/// (not root): the test then says so and checks nothing.
+fn small_filesystem(name: &str, size: &str) -> Option<PathBuf> {
+    let dir = data_root(name);
+    std::fs::create_dir_all(&dir).ok()?;
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(&dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("cannot mount a tmpfs here (not root?): the disk-full test checks nothing");
+        let _ = std::fs::remove_dir_all(&dir);
+        return None;
+    }
+    Some(dir)
+}
+
+fn remount(dir: &std::path::Path, size: &str) {
+    let status = std::process::Command::new("mount")
+        .args(["-o", &format!("remount,size={size}")])
+        .arg(dir)
+        .status()
+        .expect("run mount");
+    assert!(status.success(), "remount {} to {size}", dir.display());
+}
+
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_writes_with_507_keeps_reads_and_acknowledges_nothing_it_lost() {
+    let Some(root) = small_filesystem("disk-full", "512k") else {
+        return;
+    };
+    let _unmount = Unmount(root.clone());
+    let mut cluster =
+        TestCluster::start_durable("durable-disk-full", 1, &["--fsync", "always"], &root).await;
+    let node = cluster.node(0).clone();
+    let meta = Value::Null;
+    let big = json!("x".repeat(8 * 1024));
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for i in 0..200 {
+        let key = format!("big-{i}");
+        let reply = node.put(&key, big.clone(), &meta).await;
+        match reply.status {
+            201 => acked.push(key),
+            507 => {
+                refused = Some(reply);
+                break;
+            }
+            _ => panic!("unexpected answer while the disk fills: {reply}"),
+        }
+    }
+    let refused = refused.expect("a 512 KiB disk fills within 200 writes of 8 KiB");
+    assert!(
+        refused.to_string().contains("cannot make writes durable"),
+        "a clear error: {refused}"
+    );
+    assert!(
+        !acked.is_empty(),
+        "writes went through before the disk filled"
+    );
+    // Reads go on.
+    for key in &acked {
+        holds(&node, key, &Some(big.clone()))
+            .await
+            .expect("reads work on a full disk");
+    }
+    // Room again: writes are accepted again once the journal is written.
+    remount(&root, "8m");
+    poll_until(
+        within(Duration::from_secs(10)),
+        "writes are accepted again",
+        async || {
+            let reply = node.try_put("after", &json!(1), &meta).await?;
+            (reply.status == 201)
+                .then_some(())
+                .ok_or(format!("{reply}"))
+        },
+    )
+    .await;
+    // Everything acknowledged is on the disk.
+    cluster.kill(0);
+    cluster.restart(0);
+    cluster.wait_ready(within(Duration::from_secs(30))).await;
+    for key in acked.iter().chain([&"after".to_string()]) {
+        let expected = if key == "after" {
+            json!(1)
+        } else {
+            big.clone()
+        };
+        holds(&node, key, &Some(expected))
+            .await
+            .expect("an acknowledged write survives");
+    }
+}
