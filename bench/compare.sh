@@ -25,6 +25,9 @@
 # Usage: bench/compare.sh [--duration SECONDS] [--warmup SECONDS] [--concurrency N]
 #                         [--keys K] [--value-size BYTES] [--workloads "c write a"]
 #                         [--systems "causalkv redis etcd ceiling"] [--port-base P]
+# More systems for --systems: causalkv-always, causalkv-interval (durable replicas:
+# --data-dir with that --fsync policy), redis-aof-always, redis-aof-everysec (Redis
+# with appendonly and that appendfsync).
 #                         [--causalkv-threads N] [--rounds N]
 # --causalkv-threads N runs each causalkv replica with N worker threads
 # (`serve --worker-threads`; default: the machine's cores split among the three replicas,
@@ -110,29 +113,41 @@ bench_args() {
 
 # ---------------------------------------------------------------- causalkv
 
+# run_causalkv [LABEL [SERVE_OPTION...]]: the cluster labelled LABEL (default causalkv);
+# with options, each replica gets a fresh data directory (--data-dir) and the options
+# (causalkv-always, causalkv-interval: that --fsync policy).
 run_causalkv() {
+    local label=${1:-causalkv}
+    [ $# -gt 0 ] && shift
     local p=$PORT_BASE
     local view="127.0.0.1:$p,127.0.0.1:$((p + 1)),127.0.0.1:$((p + 2))"
     check_ports "$p" $((p + 1)) $((p + 2))
-    say "causalkv: 3 replicas on $view"
+    say "$label: 3 replicas on $view"
     local i
     # Three replicas share this machine: by default each gets an equal share of its cores,
     # as `causalkv cluster` gives them (Redis runs one main thread per instance).
     local share=$(($(nproc) / 3))
     local threads=(env "CAUSALKV_WORKER_THREADS=${CAUSALKV_THREADS:-$((share > 0 ? share : 1))}")
     for i in 0 1 2; do
-        start "causalkv-$i" "${threads[@]}" "$BIN" serve --listen "127.0.0.1:$((p + i))" --view "$view"
+        local durable=()
+        if [ "$#" -gt 0 ]; then
+            rm -rf "$WORK/$label-data-$i"
+            durable=(--data-dir "$WORK/$label-data-$i")
+        fi
+        start "$label-$i" "${threads[@]}" "$BIN" serve --listen "127.0.0.1:$((p + i))" --view "$view" \
+            "${durable[@]}" "$@"
     done
     for i in 0 1 2; do
         wait_until 30 "causalkv replica $i" view_lists_all "127.0.0.1:$((p + i))" "$view"
     done
     local w
     for w in $WORKLOADS; do
-        say "causalkv: workload $w"
-        timeout "$LOAD_TIMEOUT" "$BIN" bench --replica "$view" --label causalkv \
-            --workload "$w" "${BENCH_ARGS[@]}" >"$WORK/causalkv-$w-r$ROUND.json"
+        say "$label: workload $w"
+        timeout "$LOAD_TIMEOUT" "$BIN" bench --replica "$view" --label "$label" \
+            --workload "$w" "${BENCH_ARGS[@]}" >"$WORK/$label-$w-r$ROUND.json"
     done
     stop_all
+    rm -rf "$WORK/$label"-data-*
 }
 
 # ---------------------------------------------------------------- redis
@@ -156,11 +171,11 @@ csv_rps() { awk -F, 'NR == 2 { gsub(/"/, ""); print $2 }' "$1"; }
 redis_row() {
     local workload=$1 note=$2 rps=$3
     shift 3
-    awk -F, -v workload="$workload" -v note="$note" -v total="$rps" '
+    awk -F, -v label="$REDIS_LABEL" -v workload="$workload" -v note="$note" -v total="$rps" '
         FNR == 2 { gsub(/"/, ""); rps += $2; p50 += $2 * $5; if ($7 + 0 > p99 + 0) p99 = $7 }
         END {
             if (total == "") total = rps
-            printf "{\"system\":\"redis\",\"workload\":\"%s\",\"throughput_ops_s\":%.2f,", workload, total
+            printf "{\"system\":\"%s\",\"workload\":\"%s\",\"throughput_ops_s\":%.2f,", label, workload, total
             printf "\"overall\":{\"latency\":{\"p50_ms\":%.3f,\"p99_ms\":%.3f}},", (rps ? p50 / rps : 0), p99
             printf "\"note\":\"%s\"}\n", note
         }' "$@"
@@ -181,21 +196,27 @@ redis_mixed() {
     local rps
     rps=$(awk -v n=$(((n / 2) * 2)) -v ns=$((t1 - t0)) 'BEGIN { printf "%.2f", n / (ns / 1e9) }')
     redis_row A "SET and GET redis-benchmark side by side, $half clients each" "$rps" \
-        "$WORK/redis-a-set.csv" "$WORK/redis-a-get.csv" >"$WORK/redis-a-r$ROUND.json"
+        "$WORK/redis-a-set.csv" "$WORK/redis-a-get.csv" >"$WORK/$REDIS_LABEL-a-r$ROUND.json"
 }
 
+# run_redis [LABEL [APPENDFSYNC]]: without APPENDFSYNC, no persistence (the in-memory
+# row); with it (always, everysec), every instance keeps an append-only file.
 run_redis() {
+    REDIS_LABEL=${1:-redis}
+    local persistence=(--appendonly no)
+    [ -n "${2:-}" ] && persistence=(--appendonly yes --appendfsync "$2")
     local p=$((PORT_BASE + 10))
     REDIS_PORT=$p
     check_ports "$p" $((p + 1)) $((p + 2))
-    say "redis: primary on 127.0.0.1:$p, replicas on :$((p + 1)) and :$((p + 2))"
+    say "$REDIS_LABEL: primary on 127.0.0.1:$p, replicas on :$((p + 1)) and :$((p + 2))"
     local i
     for i in 0 1 2; do
+        rm -rf "$WORK/redis-$i"
         mkdir -p "$WORK/redis-$i"
         local replica_of=()
         [ "$i" = 0 ] || replica_of=(--replicaof 127.0.0.1 "$p")
         start "redis-$i" redis-server --port $((p + i)) --bind 127.0.0.1 --protected-mode yes \
-            --save '' --appendonly no --dir "$WORK/redis-$i" --daemonize no "${replica_of[@]}"
+            --save '' "${persistence[@]}" --dir "$WORK/redis-$i" --daemonize no "${replica_of[@]}"
     done
     wait_until 30 "redis replication" redis_replicas_online "$p"
     say "redis: prepopulating and calibrating"
@@ -207,12 +228,12 @@ run_redis() {
     local half=$((CONCURRENCY / 2)) w
     [ "$half" -ge 1 ] || half=1
     for w in $WORKLOADS; do
-        say "redis: workload $w ($n requests)"
+        say "$REDIS_LABEL: workload $w ($n requests)"
         case "$w" in
             c|C) redis_bench -c "$CONCURRENCY" -n "$n" -t get >"$WORK/redis-c.csv"
-                 redis_row C "redis-benchmark GET" "" "$WORK/redis-c.csv" >"$WORK/redis-c-r$ROUND.json" ;;
+                 redis_row C "redis-benchmark GET" "" "$WORK/redis-c.csv" >"$WORK/$REDIS_LABEL-c-r$ROUND.json" ;;
             write) redis_bench -c "$CONCURRENCY" -n "$n" -t set >"$WORK/redis-write.csv"
-                 redis_row write "redis-benchmark SET" "" "$WORK/redis-write.csv" >"$WORK/redis-write-r$ROUND.json" ;;
+                 redis_row write "redis-benchmark SET" "" "$WORK/redis-write.csv" >"$WORK/$REDIS_LABEL-write-r$ROUND.json" ;;
             a|A) redis_mixed "$n" "$half" ;;
             *) echo "compare.sh: redis has no workload $w; skipped" >&2 ;;
         esac
@@ -306,7 +327,11 @@ main() {
         for system in $SYSTEMS; do
             case "$system" in
                 causalkv) run_causalkv ;;
+                causalkv-always) run_causalkv causalkv-always --fsync always ;;
+                causalkv-interval) run_causalkv causalkv-interval --fsync interval ;;
                 redis) run_redis ;;
+                redis-aof-always) run_redis redis-aof-always always ;;
+                redis-aof-everysec) run_redis redis-aof-everysec everysec ;;
                 etcd) run_etcd ;;
                 ceiling) run_ceiling ;;
                 *) die "unknown system $system" ;;
