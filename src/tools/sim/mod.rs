@@ -477,13 +477,10 @@ fn crash(world: &mut World, r: usize, check: bool, since: Time) {
             world.note(format!("power loss r{r}"));
             world.power_loss(r);
         }
-        if check {
-            let at = world.now + Duration::from_secs(5);
-            world.schedule_action(at, Action::CheckGone(r));
-        }
-        return;
-    }
-    if !world.held_elsewhere(r) {
+    } else if world.held_elsewhere(r) {
+        world.note(format!("crash r{r}"));
+        world.crash(r);
+    } else {
         if world.now.duration_since(since) < CRASH_PATIENCE {
             let retry = world.now + Duration::from_millis(200);
             world.schedule_action(retry, Action::CrashWaiting(r, check, since));
@@ -492,8 +489,6 @@ fn crash(world: &mut World, r: usize, check: bool, since: Time) {
         }
         return;
     }
-    world.note(format!("crash r{r}"));
-    world.crash(r);
     if check {
         let at = world.now + Duration::from_secs(5);
         world.schedule_action(at, Action::CheckGone(r));

@@ -410,18 +410,7 @@ impl World {
     fn transmit(&mut self, from: usize, life: u64, to: usize, call: CallId, message: Message) {
         if !self.is_up(to) {
             // Connection refused: the caller learns at once (one round trip).
-            let at = self.now + self.latency();
-            let outcome = Err(CallError::Unreachable("connection refused".into()));
-            self.schedule(
-                at,
-                Event::Outcome {
-                    to: from,
-                    life,
-                    call,
-                    outcome,
-                },
-            );
-            return;
+            return self.answer(from, life, call, Err(unreachable("connection refused")));
         }
         if self.cut.contains(&(from, to)) {
             return;
@@ -429,9 +418,14 @@ impl World {
         if self.chance(self.network.loss_ppm) {
             return self.reset(from, life, call);
         }
-        if self.chance(self.network.dup_ppm) {
-            let copy = message.clone();
+        let copies = if self.chance(self.network.dup_ppm) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
             let at = self.now + self.latency();
+            let message = message.clone();
             self.schedule(
                 at,
                 Event::Request {
@@ -439,19 +433,28 @@ impl World {
                     life,
                     to,
                     call,
-                    message: copy,
+                    message,
                 },
             );
         }
+    }
+
+    /// Delivers a call's outcome to its caller, one network latency from now.
+    fn answer(
+        &mut self,
+        caller: usize,
+        life: u64,
+        call: CallId,
+        outcome: Result<Answer, CallError>,
+    ) {
         let at = self.now + self.latency();
         self.schedule(
             at,
-            Event::Request {
-                from,
+            Event::Outcome {
+                to: caller,
                 life,
-                to,
                 call,
-                message,
+                outcome,
             },
         );
     }
@@ -517,17 +520,7 @@ impl World {
     /// The connection of a call broke (before or after the peer acted on it): the caller
     /// learns at once, the way TCP reports a reset. Silence comes only from partitions.
     fn reset(&mut self, caller: usize, life: u64, call: CallId) {
-        let at = self.now + self.latency();
-        let outcome = Err(CallError::Unreachable("connection reset".into()));
-        self.schedule(
-            at,
-            Event::Outcome {
-                to: caller,
-                life,
-                call,
-                outcome,
-            },
-        );
+        self.answer(caller, life, call, Err(unreachable("connection reset")));
     }
 
     fn request_kind(&self, (session, index): Waiter) -> OpKind {
@@ -567,17 +560,7 @@ impl World {
             } => {
                 let now = self.now_for(to);
                 let Some(answer) = self.step(to, |m| m.message(message, now)) else {
-                    let at = self.now + self.latency();
-                    let outcome = Err(CallError::Unreachable("connection reset".into()));
-                    return self.schedule(
-                        at,
-                        Event::Outcome {
-                            to: from,
-                            life,
-                            call,
-                            outcome,
-                        },
-                    );
+                    return self.reset(from, life, call);
                 };
                 let outcome = answer.map_err(|e| match e {
                     crate::protocol::machine::NodeError::NotInView(_) => CallError::NotInView,
@@ -589,16 +572,7 @@ impl World {
                 if self.chance(self.network.loss_ppm) {
                     return self.reset(from, life, call);
                 }
-                let at = self.now + self.latency();
-                self.schedule(
-                    at,
-                    Event::Outcome {
-                        to: from,
-                        life,
-                        call,
-                        outcome,
-                    },
-                );
+                self.answer(from, life, call, outcome);
             }
             Event::Outcome {
                 to,
@@ -852,6 +826,10 @@ fn status_of(reply: &Reply, kind: OpKind) -> Status {
 
 pub fn replica_addr(i: usize) -> Addr {
     format!("10.0.0.{}:8090", i + 1).into()
+}
+
+fn unreachable(why: &str) -> CallError {
+    CallError::Unreachable(why.into())
 }
 
 /// A value as the sim writes it.
