@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 
 use super::{ApiError, parse_json, read_body};
 use crate::protocol::causal::{Clock, metadata};
+use crate::protocol::machine::{Reply, Request};
 use crate::protocol::store::{Key, Value};
 use crate::server::node::Node;
 
@@ -92,12 +93,14 @@ async fn put(
 ) -> Result<Response, ApiError> {
     let request = parse(&node, path, body)?;
     let value = request.value.ok_or(ApiError::MissingValue)?;
-    let written = node
-        .put(request.key, Value::from(value), &request.deps)
-        .await?;
-    Ok(match written.existed {
-        true => answer(StatusCode::OK, "replaced", None, &written.metadata),
-        false => answer(StatusCode::CREATED, "created", None, &written.metadata),
+    let request = Request::Put {
+        key: request.key,
+        value: Value::from(value),
+        deps: request.deps,
+    };
+    render(node.kvs(request).await, |existed| match existed {
+        true => (StatusCode::OK, "replaced"),
+        false => (StatusCode::CREATED, "created"),
     })
 }
 
@@ -107,17 +110,12 @@ async fn get(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request = parse(&node, path, body)?;
-    match node.get(&request.key, &request.deps).await? {
-        Ok(found) => Ok(answer(
-            StatusCode::OK,
-            "found",
-            Some(&found.value),
-            &found.metadata,
-        )),
-        Err(missing) => Err(ApiError::KeyNotFound {
-            metadata: missing.metadata,
-        }),
-    }
+    let request = Request::Get {
+        key: request.key,
+        deps: request.deps,
+    };
+    // A GET never writes: the closure is never called.
+    render(node.kvs(request).await, |_| (StatusCode::OK, "found"))
 }
 
 async fn delete(
@@ -126,11 +124,29 @@ async fn delete(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request = parse(&node, path, body)?;
-    match node.delete(request.key, &request.deps).await? {
-        Ok(written) => Ok(answer(StatusCode::OK, "deleted", None, &written.metadata)),
-        Err(missing) => Err(ApiError::KeyNotFound {
-            metadata: missing.metadata,
-        }),
+    let request = Request::Delete {
+        key: request.key,
+        deps: request.deps,
+    };
+    render(node.kvs(request).await, |_| (StatusCode::OK, "deleted"))
+}
+
+/// The answer to a machine's reply; `written` names the status and result of a write
+/// (given whether the key held a value before).
+fn render(
+    reply: Reply,
+    written: impl FnOnce(bool) -> (StatusCode, &'static str),
+) -> Result<Response, ApiError> {
+    match reply {
+        Reply::Found { value, metadata } => {
+            Ok(answer(StatusCode::OK, "found", Some(&value), &metadata))
+        }
+        Reply::Written { existed, metadata } => {
+            let (status, result) = written(existed);
+            Ok(answer(status, result, None, &metadata))
+        }
+        Reply::Missing { metadata } => Err(ApiError::KeyNotFound { metadata }),
+        Reply::Failed(error) => Err(ApiError::Node(error)),
     }
 }
 

@@ -25,9 +25,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::protocol::causal::{Addr, Clock, parse_addr};
+use crate::protocol::causal::{Addr, parse_addr};
 use crate::protocol::machine::{Answer, Event, Machine, Message, Output, Reply, Request, Settings};
-use crate::protocol::store::{Key, Value};
 use crate::protocol::time::{Now, Time};
 use crate::server::alloc;
 use crate::server::config::Config;
@@ -43,27 +42,6 @@ pub use crate::protocol::machine::NodeError;
 
 /// Where a reply goes: the request handler waiting for it.
 pub type Waiter = oneshot::Sender<Reply>;
-
-/// A successful read.
-#[derive(Debug)]
-pub struct Found {
-    /// JSON text.
-    pub value: Box<str>,
-    pub metadata: Clock,
-}
-
-/// The answer to a read or delete of a key that holds no value.
-#[derive(Debug)]
-pub struct Missing {
-    pub metadata: Clock,
-}
-
-/// A successful put or delete.
-#[derive(Debug)]
-pub struct Written {
-    pub existed: bool,
-    pub metadata: Clock,
-}
 
 /// Why a replica could not start.
 #[derive(Debug, thiserror::Error)]
@@ -280,8 +258,8 @@ impl Node {
         self.lock().is_ready()
     }
 
-    /// Steps a client request in and waits for its reply.
-    async fn request(&self, request: Request) -> Reply {
+    /// Steps a client request (`/kvs`) in and waits for its reply.
+    pub async fn kvs(&self, request: Request) -> Reply {
         let (waiter, reply) = oneshot::channel();
         self.step(|m, now| m.request(waiter, request, now));
         // The machine always answers (at the latest at a deadline); a dropped waiter
@@ -289,56 +267,6 @@ impl Node {
         reply
             .await
             .unwrap_or(Reply::Failed(NodeError::CausalTimeout))
-    }
-
-    /// `GET /kvs/<key>`.
-    pub async fn get(&self, key: &str, deps: &Clock) -> Result<Result<Found, Missing>, NodeError> {
-        let request = Request::Get {
-            key: key.into(),
-            deps: deps.clone(),
-        };
-        match self.request(request).await {
-            Reply::Found { value, metadata } => Ok(Ok(Found { value, metadata })),
-            Reply::Missing { metadata } => Ok(Err(Missing { metadata })),
-            Reply::Written { metadata, .. } => Ok(Err(Missing { metadata })),
-            Reply::Failed(error) => Err(error),
-        }
-    }
-
-    /// `PUT /kvs/<key>`.
-    pub async fn put(&self, key: Key, value: Value, deps: &Clock) -> Result<Written, NodeError> {
-        let request = Request::Put {
-            key,
-            value,
-            deps: deps.clone(),
-        };
-        match self.request(request).await {
-            Reply::Written { existed, metadata } => Ok(Written { existed, metadata }),
-            Reply::Failed(error) => Err(error),
-            Reply::Found { metadata, .. } | Reply::Missing { metadata } => Ok(Written {
-                existed: false,
-                metadata,
-            }),
-        }
-    }
-
-    /// `DELETE /kvs/<key>`: the existence check and the tombstone happen in one step.
-    pub async fn delete(
-        &self,
-        key: Key,
-        deps: &Clock,
-    ) -> Result<Result<Written, Missing>, NodeError> {
-        let request = Request::Delete {
-            key,
-            deps: deps.clone(),
-        };
-        match self.request(request).await {
-            Reply::Written { existed, metadata } => Ok(Ok(Written { existed, metadata })),
-            Reply::Missing { metadata } | Reply::Found { metadata, .. } => {
-                Ok(Err(Missing { metadata }))
-            }
-            Reply::Failed(error) => Err(error),
-        }
     }
 
     /// `PUT /view`: returns true when `addr` was added.
