@@ -136,6 +136,25 @@ impl Replica {
     /// Records that rebuild this replica's whole durable state (a snapshot): its clock,
     /// its lives (so that the next one goes above them), then every store entry.
     pub fn snapshot_records(&self) -> Vec<Record> {
+        let mut records = self.snapshot_head();
+        let mut after = None;
+        loop {
+            let (mut chunk, next) = self.snapshot_chunk(after.as_deref(), usize::MAX);
+            records.append(&mut chunk);
+            match next {
+                Some(key) => after = Some(key),
+                None => return records,
+            }
+        }
+    }
+
+    /// The first records of a snapshot: the clock and the lives. A snapshot may be taken
+    /// in pieces (the head, then chunks of entries taken at later moments) as long as the
+    /// journal from the head's moment on is replayed after it: every record is a join, so
+    /// an entry that a chunk already holds is applied again harmlessly, and an entry a
+    /// chunk holds ahead of the head's clock is one "applied ahead of its clock", as in a
+    /// catch-up (see `journal`).
+    pub fn snapshot_head(&self) -> Vec<Record> {
         let mut records = vec![Record::ClockMerged {
             clock: self.clock.clone(),
         }];
@@ -145,12 +164,27 @@ impl Replica {
         for incarnation in lives.into_iter().chain(self.me.clone()) {
             records.push(Record::Started { incarnation });
         }
-        records.extend(self.store.iter().map(|(key, entry)| Record::Applied {
-            key,
-            entry,
-            advance: false,
-        }));
         records
+    }
+
+    /// The store's entries after key `after`, in key order, until their sizes reach
+    /// about `max_bytes`, as snapshot records; and the key to continue after (`None`
+    /// when the store is done).
+    pub fn snapshot_chunk(
+        &self,
+        after: Option<&str>,
+        max_bytes: usize,
+    ) -> (Vec<Record>, Option<Key>) {
+        let (entries, next) = self.store.missing_from(&Clock::new(), after, max_bytes);
+        let records = entries
+            .into_iter()
+            .map(|(key, entry)| Record::Applied {
+                key,
+                entry,
+                advance: false,
+            })
+            .collect();
+        (records, next)
     }
 
     /// True when this replica records its changes.
