@@ -18,6 +18,8 @@
 //! * A key in `pending` is newer than its record in the segments, if any: reads and
 //!   scans look in `pending` first, and a merge drops the segment's record (freeing its
 //!   slab slot).
+//! * A removal ([`Table::remove`], the collection of a tombstone) is a pending entry too:
+//!   it hides the segment's record until a merge drops both.
 
 use std::collections::BTreeMap;
 use std::ops::{Bound, ControlFlow};
@@ -62,17 +64,28 @@ pub struct RecordRef<'a> {
     pub value: Text<'a>,
 }
 
+/// A recent change of a key: a record to store, or the removal of the key's record.
 #[derive(Debug)]
-struct Pending {
-    version: Version,
-    value: Box<[u8]>,
+enum Pending {
+    Write { version: Version, value: Box<[u8]> },
+    Removed,
 }
 
 impl Pending {
-    fn as_ref(&self) -> RecordRef<'_> {
-        RecordRef {
-            version: self.version,
-            value: Text::json(&self.value),
+    fn as_ref(&self) -> Option<RecordRef<'_>> {
+        match self {
+            Pending::Write { version, value } => Some(RecordRef {
+                version: *version,
+                value: Text::json(value),
+            }),
+            Pending::Removed => None,
+        }
+    }
+
+    fn value_len(&self) -> usize {
+        match self {
+            Pending::Write { value, .. } => value.len(),
+            Pending::Removed => 0,
         }
     }
 }
@@ -119,7 +132,7 @@ impl Table {
 
     pub fn get(&self, key: &[u8]) -> Option<RecordRef<'_>> {
         if let Some(pending) = self.pending.get(key) {
-            return Some(pending.as_ref());
+            return pending.as_ref();
         }
         let segment = self.segments.get(self.segment_for(key))?;
         segment.get(key).map(|raw| self.resolve(raw))
@@ -127,13 +140,21 @@ impl Table {
 
     /// Stores the record of `key`, replacing the one it had.
     pub fn upsert(&mut self, key: &[u8], version: Version, value: &[u8]) {
-        self.pending_bytes += value.len();
-        let pending = Pending {
-            version,
-            value: value.into(),
-        };
+        let value = value.into();
+        self.change(key, Pending::Write { version, value });
+    }
+
+    /// Removes the record of `key`, if it has one.
+    pub fn remove(&mut self, key: &[u8]) {
+        if self.get(key).is_some() {
+            self.change(key, Pending::Removed);
+        }
+    }
+
+    fn change(&mut self, key: &[u8], pending: Pending) {
+        self.pending_bytes += pending.value_len();
         match self.pending.insert(key.into(), pending) {
-            Some(old) => self.pending_bytes -= old.value.len(),
+            Some(old) => self.pending_bytes -= old.value_len(),
             None => self.pending_key_bytes += key.len(),
         }
         self.recent_writes += 1;
@@ -179,18 +200,18 @@ impl Table {
                 if after.is_some_and(|after| key <= after) {
                     continue;
                 }
-                while let Some((pending_key, record)) = pending.next_if(|(k, _)| &***k < key) {
-                    visit(pending_key, record.as_ref())?;
+                while let Some((pending_key, change)) = pending.next_if(|(k, _)| &***k < key) {
+                    visit_change(pending_key, change, &mut visit)?;
                 }
-                if let Some((pending_key, record)) = pending.next_if(|(k, _)| &***k == key) {
-                    visit(pending_key, record.as_ref())?;
+                if let Some((pending_key, change)) = pending.next_if(|(k, _)| &***k == key) {
+                    visit_change(pending_key, change, &mut visit)?;
                     continue;
                 }
                 visit(key, self.resolve(raw))?;
             }
         }
-        for (key, record) in pending {
-            visit(key, record.as_ref())?;
+        for (key, change) in pending {
+            visit_change(key, change, &mut visit)?;
         }
         ControlFlow::Continue(())
     }
@@ -226,6 +247,18 @@ impl Table {
         merged.close();
         self.stored = merged.segments.iter().map(Segment::records).sum();
         self.segments = merged.segments;
+    }
+}
+
+/// Visits a pending change unless it is a removal.
+fn visit_change(
+    key: &[u8],
+    change: &Pending,
+    visit: &mut impl FnMut(&[u8], RecordRef<'_>) -> ControlFlow<()>,
+) -> ControlFlow<()> {
+    match change.as_ref() {
+        Some(record) => visit(key, record),
+        None => ControlFlow::Continue(()),
     }
 }
 
@@ -268,17 +301,14 @@ impl Merged {
     }
 
     fn push_pending(&mut self, key: &[u8], pending: Pending, large: &mut Slab) {
-        let value = match pending.value.len() >= self.limits.large_value_bytes {
-            true => Stored::Slot(large.insert(pending.value)),
-            false => Stored::inline(&pending.value),
+        let Pending::Write { version, value } = pending else {
+            return;
         };
-        self.push(
-            key,
-            &Raw {
-                version: pending.version,
-                value,
-            },
-        );
+        let value = match value.len() >= self.limits.large_value_bytes {
+            true => Stored::Slot(large.insert(value)),
+            false => Stored::inline(&value),
+        };
+        self.push(key, &Raw { version, value });
     }
 
     /// Merges `segment` with the pending writes below `upper`: a pending write replaces
@@ -359,9 +389,11 @@ mod tests {
         all
     }
 
-    /// A write of the model test: key, value (empty: tombstone), or an idle moment.
-    fn arb_op() -> impl Strategy<Value = Option<(String, String)>> {
-        proptest::option::weighted(0.9, ("[a-d]{1,3}", "\"?[0-9]{0,20}\"?"))
+    /// A change of the model test: a write of key and value (empty: tombstone), the
+    /// removal of a key (`None` value), or an idle moment.
+    fn arb_op() -> impl Strategy<Value = Option<(String, Option<String>)>> {
+        let value = proptest::option::weighted(0.85, "\"?[0-9]{0,20}\"?");
+        proptest::option::weighted(0.9, ("[a-d]{1,3}", value))
     }
 
     proptest! {
@@ -373,9 +405,13 @@ mod tests {
             for (seq, op) in ops.into_iter().enumerate() {
                 let seq = seq as u64 + 1;
                 match op {
-                    Some((key, value)) => {
+                    Some((key, Some(value))) => {
                         table.upsert(key.as_bytes(), version(seq), value.as_bytes());
                         model.insert(key, (value, seq));
+                    }
+                    Some((key, None)) => {
+                        table.remove(key.as_bytes());
+                        model.remove(&key);
                     }
                     None => {
                         table.maintain();
@@ -389,6 +425,9 @@ mod tests {
                 prop_assert_eq!(record.version, version(*seq));
             }
             prop_assert!(table.get(b"e").is_none());
+            for key in ["a", "b", "c", "d", "aa", "ab", "ba", "dd"] {
+                prop_assert_eq!(table.get(key.as_bytes()).is_some(), model.contains_key(key));
+            }
             let want: Vec<(String, String, u64)> =
                 model.iter().map(|(k, (v, s))| (k.clone(), v.clone(), *s)).collect();
             prop_assert_eq!(contents(&table, None), want.clone());
@@ -439,5 +478,10 @@ mod tests {
         table.maintain();
         let used = table.large.live();
         assert_eq!(used, 4);
+        table.remove(b"a");
+        table.maintain();
+        table.maintain();
+        assert_eq!(table.large.live(), 3, "a removed record frees its slot");
+        assert!(table.get(b"a").is_none());
     }
 }
