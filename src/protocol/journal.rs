@@ -35,6 +35,11 @@ pub enum Record {
     Retired { addr: Addr, floor: u64 },
     /// A life of this replica began.
     Started { incarnation: Incarnation },
+    /// The horizon widened to cover `horizon`: tombstones it covers may be collected (a
+    /// collected tombstone is not recorded: replaying it back is harmless).
+    Horizon { horizon: Clock },
+    /// The record of `key` was dropped: a peer had collected the tombstone that beat it.
+    Dropped { key: Key },
 }
 
 /// Position of a record in a replica's journal: 1 for the first one it ever made.

@@ -14,6 +14,12 @@
 //!   an earlier life of the same address is ever named again.
 //! * **Lamport times.** `lamport` is at least the time of every write applied here, so a
 //!   local write is stamped above everything in its causal past.
+//! * **Horizon.** `horizon` covers every delete whose tombstone this replica may have
+//!   collected, and every write whose record it dropped because a peer had collected the
+//!   tombstone beating it. A replica whose clock does not cover a peer's horizon may hold
+//!   records that those tombstones should have beaten, so the peer sends it a *full*
+//!   delta (every record, not only what its clock misses), and it drops what the peer no
+//!   longer holds although the peer's clock covers it ([`Replica::merge_chunk`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +72,13 @@ pub struct Delta {
     /// The key to continue after, when more chunks follow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<Key>,
+    /// The sender's horizon (see the module documentation).
+    #[serde(default, skip_serializing_if = "Clock::is_empty")]
+    pub horizon: Clock,
+    /// True when the chunk holds every record of its key range, because the receiver's
+    /// clock does not cover the sender's horizon.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full: bool,
 }
 
 #[derive(Debug)]
@@ -80,6 +93,8 @@ pub struct Replica {
     journal: Option<Vec<Record>>,
     /// The highest epoch of an earlier life of this process, from its journal.
     past_epoch: Option<u64>,
+    /// See the module documentation.
+    horizon: Clock,
 }
 
 impl Replica {
@@ -93,6 +108,7 @@ impl Replica {
             buffer: DeliveryBuffer::new(buffer_capacity),
             journal: None,
             past_epoch: None,
+            horizon: Clock::new(),
         }
     }
 
@@ -127,6 +143,8 @@ impl Replica {
                     replica.past_epoch = replica.past_epoch.max(Some(incarnation.epoch));
                     life = Some(incarnation);
                 }
+                Record::Horizon { horizon } => replica.horizon.merge(&horizon),
+                Record::Dropped { key } => replica.store.remove(&key),
             }
         }
         replica.journal = Some(Vec::new());
@@ -164,7 +182,14 @@ impl Replica {
         for incarnation in lives.into_iter().chain(self.me.clone()) {
             records.push(Record::Started { incarnation });
         }
+        records.extend(self.horizon_record());
         records
+    }
+
+    fn horizon_record(&self) -> Option<Record> {
+        (!self.horizon.is_empty()).then(|| Record::Horizon {
+            horizon: self.horizon.clone(),
+        })
     }
 
     /// The store's entries after key `after`, in key order, until their sizes reach
@@ -176,15 +201,14 @@ impl Replica {
         max_bytes: usize,
     ) -> (Vec<Record>, Option<Key>) {
         let (entries, next) = self.store.missing_from(&Clock::new(), after, max_bytes);
-        let records = entries
-            .into_iter()
-            .map(|(key, entry)| Record::Applied {
-                key,
-                entry,
-                advance: false,
-            })
-            .collect();
-        (records, next)
+        // The horizon as of this chunk, which may lack tombstones collected since the head.
+        let horizon = self.horizon_record();
+        let entries = entries.into_iter().map(|(key, entry)| Record::Applied {
+            key,
+            entry,
+            advance: false,
+        });
+        (horizon.into_iter().chain(entries).collect(), next)
     }
 
     /// True when this replica records its changes.
@@ -381,13 +405,87 @@ impl Replica {
 
     /// One chunk of what a replica at `their` clock misses, keys after `after`, values up
     /// to about `max_bytes`.
+    /// A full chunk (every record) when `their` does not cover this replica's horizon.
     pub fn delta_chunk(&self, their: &Clock, after: Option<&str>, max_bytes: usize) -> Delta {
-        let (entries, next) = self.store.missing_from(their, after, max_bytes);
+        let full = !their.covers_clock(&self.horizon);
+        let missing_from = match full {
+            true => &Clock::new(),
+            false => their,
+        };
+        let (entries, next) = self.store.missing_from(missing_from, after, max_bytes);
         Delta {
             clock: self.clock.clone(),
             entries,
             next,
+            horizon: self.horizon.clone(),
+            full,
         }
+    }
+
+    /// Applies one chunk of a pull that asked for keys after `after` (see `Delta`). A full
+    /// chunk also drops the records of its key range that the sender does not hold
+    /// although its clock covers their writes: the sender collected the tombstones that
+    /// beat them. The clock follows with `merge_clock`, the horizon with `adopt_horizon`.
+    pub fn merge_chunk(&mut self, after: Option<&str>, chunk: Delta) -> usize {
+        let dropped = match chunk.full {
+            true => self.drop_collected(after, &chunk),
+            false => 0,
+        };
+        dropped + self.merge_entries(chunk.entries)
+    }
+
+    fn drop_collected(&mut self, after: Option<&str>, chunk: &Delta) -> usize {
+        let held: std::collections::BTreeSet<&str> =
+            chunk.entries.iter().map(|(key, _)| &**key).collect();
+        let mut dropped = 0;
+        for (key, dot) in self.store.between(after, chunk.next.as_deref()) {
+            if !held.contains(&*key) && chunk.clock.covers(&dot) {
+                self.record(|| Record::Dropped { key: key.clone() });
+                self.store.remove(&key);
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
+    /// Takes a peer's horizon once this replica's clock covers it (after a whole pull
+    /// from that peer): this replica may now lack what that peer collected.
+    pub fn adopt_horizon(&mut self, horizon: &Clock) {
+        if self.clock.covers_clock(horizon) && !self.horizon.covers_clock(horizon) {
+            self.widen_horizon(horizon);
+        }
+    }
+
+    fn widen_horizon(&mut self, horizon: &Clock) {
+        self.horizon.merge(horizon);
+        self.record(|| Record::Horizon {
+            horizon: horizon.clone(),
+        });
+    }
+
+    pub fn horizon(&self) -> &Clock {
+        &self.horizon
+    }
+
+    /// Starts collecting the tombstones whose delete `stable` covers: widens the horizon
+    /// (so that it is recorded before any tombstone goes). The caller must know that no
+    /// write that such a delete beats can still arrive here (see `machine::peers`).
+    pub fn begin_collection(&mut self, stable: &Clock) {
+        if !self.horizon.covers_clock(stable) {
+            self.widen_horizon(stable);
+        }
+    }
+
+    /// Collects up to `max` tombstones after `after` whose delete `stable` covers;
+    /// returns how many and where to continue (see `Store::collect`). `stable` must be
+    /// within the horizon ([`Replica::begin_collection`]).
+    pub fn collect_tombstones(
+        &mut self,
+        stable: &Clock,
+        after: Option<&[u8]>,
+        max: usize,
+    ) -> (usize, Option<Box<[u8]>>) {
+        self.store.collect(stable, after, max)
     }
 
     /// Merges a whole delta (entries, then clock). Returns how many entries changed.
@@ -616,6 +714,77 @@ mod tests {
         assert!(matches!(fresh.read("gone"), Read::Deleted { .. }));
         assert_eq!(fresh.clock(), a.clock());
         assert!(a.delta_for(fresh.clock()).entries.is_empty());
+    }
+
+    /// Pulls everything `from` has for `to`, chunk by chunk, as a catch-up does.
+    fn pull(to: &mut Replica, from: &Replica, max_bytes: usize) {
+        let start = to.clock().clone();
+        let mut after: Option<Key> = None;
+        let mut first_clock = None;
+        loop {
+            let chunk = from.delta_chunk(&start, after.as_deref(), max_bytes);
+            first_clock.get_or_insert_with(|| chunk.clock.clone());
+            let next = chunk.next.clone();
+            let horizon = chunk.horizon.clone();
+            to.merge_chunk(after.as_deref(), chunk);
+            after = next;
+            if after.is_none() {
+                to.merge_clock(first_clock.as_ref().unwrap());
+                to.adopt_horizon(&horizon);
+                return;
+            }
+        }
+    }
+
+    #[test]
+    fn a_replica_behind_the_horizon_drops_what_collected_tombstones_beat() {
+        let mut a = ready("a", 1);
+        for key in ["k1", "k2", "k3", "k4"] {
+            put(&mut a, key, "1", &Clock::new());
+        }
+        let mut b = Replica::new("b".into(), 10);
+        b.merge(a.delta_for(b.clock()));
+        let b_before = b.clock().clone();
+        // a deletes k2 and k4 and collects both tombstones (every member applied them).
+        for key in ["k2", "k4"] {
+            a.write(key.into(), None, &Clock::new(), &Limits::loose())
+                .unwrap();
+        }
+        let stable = a.clock().clone();
+        a.begin_collection(&stable);
+        assert_eq!(a.collect_tombstones(&stable, None, 10), (2, None));
+        assert_eq!(a.store().iter().count(), 2);
+        // b lost the deletes (it never applied them): a sends it full chunks.
+        assert!(a.delta_chunk(&b_before, None, usize::MAX).full);
+        pull(&mut b, &a, 2 * crate::protocol::store::ENTRY_OVERHEAD_BYTES);
+        let keys: Vec<String> = b.store().iter().map(|(k, _)| k.to_string()).collect();
+        assert_eq!(keys, ["k1", "k3"], "k2 and k4 are dropped, not resurrected");
+        assert_eq!(b.clock(), a.clock());
+        assert_eq!(b.horizon(), a.horizon(), "b now lacks what a collected");
+        // Once b covers the horizon, chunks are deltas again.
+        assert!(!a.delta_chunk(b.clock(), None, usize::MAX).full);
+        // A write a has not seen survives a full chunk.
+        let mut c = ready("c", 1);
+        put(&mut c, "k2", "\"c\"", &Clock::new());
+        pull(&mut c, &a, usize::MAX);
+        assert_eq!(value_of(&c, "k2").as_deref(), Some("\"c\""));
+    }
+
+    #[test]
+    fn horizon_and_drops_survive_a_replay() {
+        let mut a = Replica::with_journal("a".into(), 10, []);
+        a.start_incarnation(1);
+        put(&mut a, "k", "1", &Clock::new());
+        let stable = a.clock().clone();
+        a.begin_collection(&stable);
+        a.store.remove("k");
+        a.record(|| Record::Dropped { key: "k".into() });
+        let records = a.take_journal();
+        let back = Replica::with_journal("a".into(), 10, records);
+        assert_eq!(back.horizon(), &stable);
+        assert!(matches!(back.read("k"), Read::Missing));
+        let snapshot = Replica::with_journal("a".into(), 10, a.snapshot_records());
+        assert_eq!(snapshot.horizon(), &stable);
     }
 
     #[test]

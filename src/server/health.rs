@@ -22,6 +22,8 @@ pub struct Health {
     pub keys: usize,
     /// Bytes of keys and values as the store holds them.
     pub store_bytes: usize,
+    /// Deleted keys whose tombstone is still held.
+    pub tombstones: usize,
     /// Replicated writes waiting for their dependencies.
     pub delivery_buffer: usize,
     /// Every known peer but the removed ones.
@@ -66,6 +68,7 @@ impl Health {
             view: members.view(),
             keys: replica.store().live_keys(),
             store_bytes: replica.store().bytes(),
+            tombstones: replica.store().tombstones(),
             delivery_buffer: replica.buffered(),
             peers,
         }

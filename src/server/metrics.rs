@@ -14,7 +14,8 @@
 //! `causalkv_delivery_buffer_writes`, `causalkv_view_members`,
 //! `causalkv_view_changes_total`, `causalkv_causal_wait_seconds`,
 //! `causalkv_causal_timeouts_total`, `causalkv_anti_entropy_entries_total`,
-//! `causalkv_keys`, `causalkv_store_bytes`, `causalkv_ready`, and the process's
+//! `causalkv_keys`, `causalkv_store_bytes`, `causalkv_tombstones`,
+//! `causalkv_tombstones_collected_total`, `causalkv_ready`, and the process's
 //! `process_resident_memory_bytes`, `process_cpu_seconds_total`, `process_open_fds`,
 //! `process_start_time_seconds`.
 
@@ -80,7 +81,9 @@ pub struct Metrics {
     causal_wait: Histogram,
     causal_timeouts: Counter,
     anti_entropy_entries: Counter,
+    tombstones_collected: Counter,
     keys: Gauge,
+    tombstones: Gauge,
     store_bytes: Gauge,
     ready: Gauge,
 }
@@ -112,7 +115,9 @@ impl Metrics {
             causal_wait: Histogram::new(exponential_buckets(0.001, 2.0, 13)),
             causal_timeouts: Counter::default(),
             anti_entropy_entries: Counter::default(),
+            tombstones_collected: Counter::default(),
             keys: Gauge::default(),
+            tombstones: Gauge::default(),
             store_bytes: Gauge::default(),
             ready: Gauge::default(),
         };
@@ -181,7 +186,17 @@ impl Metrics {
             "Store entries received by anti-entropy (catch-up and bootstrap)",
             self.anti_entropy_entries.clone(),
         );
+        r.register(
+            "tombstones_collected",
+            "Tombstones collected once every member had applied their delete",
+            self.tombstones_collected.clone(),
+        );
         r.register("keys", "Keys holding a value", self.keys.clone());
+        r.register(
+            "tombstones",
+            "Deleted keys whose tombstone is still held",
+            self.tombstones.clone(),
+        );
         r.register(
             "store_bytes",
             "Bytes of keys and values as the store holds them",
@@ -236,6 +251,10 @@ impl Metrics {
         self.anti_entropy_entries.inc_by(entries as u64);
     }
 
+    pub fn tombstones_collected(&self, tombstones: usize) {
+        self.tombstones_collected.inc_by(tombstones as u64);
+    }
+
     /// The text exposition, with the gauges taken from `health`.
     pub fn render(&self, health: &Health) -> Result<String, fmt::Error> {
         self.queue_depth.clear();
@@ -264,6 +283,8 @@ impl Metrics {
         self.view_members
             .set(saturating_i64(health.view.len() as u64));
         self.keys.set(saturating_i64(health.keys as u64));
+        self.tombstones
+            .set(saturating_i64(health.tombstones as u64));
         self.store_bytes
             .set(saturating_i64(health.store_bytes as u64));
         self.ready.set(i64::from(health.ready));
@@ -433,6 +454,7 @@ mod tests {
             view: vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
             keys: 3,
             store_bytes: 120,
+            tombstones: 4,
             delivery_buffer: 2,
             peers: vec![PeerHealth {
                 addr: "127.0.0.1:2".into(),

@@ -18,6 +18,8 @@
 //!
 //! * `merge` is the pointwise maximum: commutative, associative, idempotent, and the result
 //!   covers both inputs.
+//! * `meet` is the pointwise minimum: it covers a write exactly when both inputs do (the
+//!   writes every replica has applied, from their clocks: a *stable cut*).
 //! * `covers(dot)` is monotone under `merge` and `advance`.
 //! * `compare` is a partial order consistent with `covers_clock`.
 
@@ -233,6 +235,32 @@ impl Clock {
     pub fn merged(mut self, other: &Clock) -> Clock {
         self.merge(other);
         self
+    }
+
+    /// Pointwise minimum of entries and floors: the writes included in both clocks.
+    pub fn meet(&self, other: &Clock) -> Clock {
+        let mut out = Clock::new();
+        for (addr, floor) in &self.floors {
+            let floor = (*floor).min(other.floor(addr));
+            if floor > 0 {
+                out.floors.insert(addr.clone(), floor);
+            }
+        }
+        for inc in self.entries.keys().chain(other.entries.keys()) {
+            let seq = self.reach(inc).min(other.reach(inc));
+            if seq > 0 && !out.is_retired(inc) {
+                out.entries.insert(inc.clone(), seq);
+            }
+        }
+        out
+    }
+
+    /// The highest sequence number of `inc` included (all of them when retired).
+    fn reach(&self, inc: &Incarnation) -> u64 {
+        match self.is_retired(inc) {
+            true => u64::MAX,
+            false => self.get(inc),
+        }
     }
 
     /// Retires every incarnation of `addr` with an epoch below `floor`.
@@ -451,6 +479,21 @@ pub(crate) mod tests {
             let m = a.clone().merged(&b);
             prop_assert!(m.covers_clock(&a));
             prop_assert!(m.covers_clock(&b));
+        }
+
+        #[test]
+        fn meet_covers_exactly_what_both_cover(
+            a in arb_clock(),
+            b in arb_clock(),
+            addr in prop::sample::select(vec!["a", "b", "c", "d"]),
+            epoch in 0u64..5,
+            seq in 0u64..8,
+        ) {
+            let m = a.meet(&b);
+            let d = dot(addr, epoch, seq);
+            prop_assert_eq!(m.covers(&d), a.covers(&d) && b.covers(&d));
+            prop_assert!(a.covers_clock(&m) && b.covers_clock(&m));
+            prop_assert_eq!(m.clone(), b.meet(&a));
         }
 
         #[test]

@@ -37,6 +37,7 @@ mod links;
 mod peers;
 #[cfg(test)]
 mod tests;
+mod tombstones;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -89,6 +90,8 @@ pub struct Bugs {
     pub drop_last_chunk: bool,
     /// A durable replica acknowledges a write before its record is durable.
     pub ack_before_persisted: bool,
+    /// Tombstones are collected as soon as this replica applied their delete.
+    pub collect_unstable: bool,
 }
 
 /// Errors a request or a peer's message can meet (the server maps each to a status).
@@ -134,10 +137,13 @@ pub enum Reply {
     Missing {
         metadata: Clock,
     },
-    /// A put or delete was made; `existed` when the key held a value before.
+    /// A put or delete was made; `existed` when the key held a value before. `lamport`
+    /// and `dot` are the write's version (what the simulator checks the winner against).
     Written {
         existed: bool,
         metadata: Clock,
+        lamport: u64,
+        dot: Dot,
     },
     Failed(NodeError),
 }
@@ -246,6 +252,8 @@ pub enum Event {
         timed_out: bool,
     },
     AntiEntropyEntries(usize),
+    /// Tombstones were collected (see `tombstones`).
+    TombstonesCollected(usize),
     /// The store packed recent writes: a good moment to give memory back to the OS.
     StorePacked,
 }
@@ -300,6 +308,8 @@ pub struct Machine<W> {
     journal_durable: Seq,
     /// Why the journal cannot be written, while it cannot: writes are refused.
     storage_error: Option<String>,
+    /// The round of tombstone collection in progress.
+    collection: Option<tombstones::Collection>,
     #[cfg(test)]
     bugs: Bugs,
 }
@@ -333,6 +343,7 @@ impl<W> Machine<W> {
             journal_taken: 0,
             journal_durable: 0,
             storage_error: None,
+            collection: None,
             #[cfg(test)]
             bugs: Bugs::default(),
         }
@@ -450,6 +461,9 @@ impl<W> Machine<W> {
         if let Some((deadline, _)) = self.pending_deadlines.front() {
             next = next.min(*deadline);
         }
+        if let Some(step) = self.next_collection_step() {
+            next = next.min(step);
+        }
         next
     }
 
@@ -485,6 +499,8 @@ impl<W> Machine<W> {
             self.next_probe =
                 next_period(self.next_probe, now.at, self.settings.heartbeat_interval);
             self.probe_round(now);
+        } else if self.next_collection_step().is_some_and(|at| now.at >= at) {
+            self.collect_tombstones(now.at);
         }
     }
 
@@ -579,6 +595,8 @@ impl<W> Machine<W> {
         let reply = Reply::Written {
             existed: local.existed,
             metadata: local.metadata,
+            lamport: local.write.entry.lamport,
+            dot: local.write.entry.dot.clone(),
         };
         // The write is applied here: requests waiting for it may go.
         self.wake_parked(now);

@@ -46,7 +46,11 @@ pub(super) enum Call {
 pub(super) struct Pull {
     peer: Addr,
     clock: Clock,
+    /// The key the chunk in flight starts after.
+    after: Option<Key>,
     their_clock: Option<Clock>,
+    /// The peer's horizon, from its latest chunk.
+    their_horizon: Clock,
     changed: usize,
     /// True for the bootstrap copy.
     bootstrap: bool,
@@ -158,8 +162,8 @@ impl<W> Machine<W> {
         self.wake_parked(now);
     }
 
-    /// Probes every peer due, expires silent ones, retires dead incarnations and lets the
-    /// store pack recent writes.
+    /// Probes every peer due, expires silent ones, retires dead incarnations, collects
+    /// tombstones (see `tombstones`) and lets the store pack recent writes.
     pub(super) fn probe_round(&mut self, now: Now) {
         let targets: Vec<Addr> = self.members.probe_targets();
         let timeout = self.settings.failure_timeout / 3;
@@ -177,6 +181,7 @@ impl<W> Machine<W> {
         let changes = self.members.tick(now.at);
         self.apply_changes(changes, now);
         self.retire_dead_incarnations();
+        self.collect_tombstones(now.at);
         if self.replica.maintain() {
             self.event(Event::StorePacked);
         }
@@ -251,14 +256,17 @@ impl<W> Machine<W> {
         let pull = Pull {
             peer,
             clock: self.replica.clock().clone(),
+            after: None,
             their_clock: None,
+            their_horizon: Clock::new(),
             changed: 0,
             bootstrap,
         };
         self.request_chunk(pull, None);
     }
 
-    fn request_chunk(&mut self, pull: Pull, after: Option<Key>) {
+    fn request_chunk(&mut self, mut pull: Pull, after: Option<Key>) {
+        pull.after = after.clone();
         let message = Message::Sync(SyncRequest {
             from: self.settings.me.clone(),
             clock: pull.clock.clone(),
@@ -277,28 +285,26 @@ impl<W> Machine<W> {
             }
             Err(error) => return self.pull_failed(pull, &error.to_string(), now),
         };
-        let Delta {
-            clock,
-            entries,
-            next,
-        } = delta;
+        let mut delta: Delta = delta;
         if !self.members.in_view(&pull.peer) {
             return self.pull_ended(pull, now);
         }
-        pull.their_clock.get_or_insert(clock);
-        self.event(Event::AntiEntropyEntries(entries.len()));
+        pull.their_clock.get_or_insert_with(|| delta.clock.clone());
+        pull.their_horizon = std::mem::take(&mut delta.horizon);
+        self.event(Event::AntiEntropyEntries(delta.entries.len()));
         #[cfg(test)]
-        let entries = match self.bugs.drop_last_chunk && next.is_none() {
-            true => Vec::new(),
-            false => entries,
-        };
-        pull.changed += self.replica.merge_entries(entries);
+        if self.bugs.drop_last_chunk && delta.next.is_none() {
+            delta.entries.clear();
+        }
+        let next = delta.next.clone();
+        pull.changed += self.replica.merge_chunk(pull.after.as_deref(), delta);
         if let Some(after) = next {
             return self.request_chunk(pull, Some(after));
         }
         if let Some(their_clock) = &pull.their_clock {
             pull.changed += self.replica.merge_clock(their_clock);
         }
+        self.replica.adopt_horizon(&pull.their_horizon);
         if pull.changed > 0 && !pull.bootstrap {
             tracing::info!(peer = %pull.peer, changed = pull.changed, "caught up from peer");
         }

@@ -13,7 +13,9 @@
 //! # Tombstones
 //!
 //! A delete is kept as a tombstone so that a late, older write cannot bring the key back.
-//! Tombstones are not collected yet (see docs/ARCHITECTURE.md).
+//! The store knows its tombstones; [`Store::collect`] removes those whose delete a given
+//! clock covers. *When* that is safe is the replica's and the machine's business (the
+//! stable cut and the horizon, see `replica` and docs/ARCHITECTURE.md, "Tombstones").
 
 mod incarnations;
 mod record;
@@ -21,7 +23,8 @@ mod segment;
 mod slab;
 mod table;
 
-use std::ops::ControlFlow;
+use std::collections::BTreeSet;
+use std::ops::{Bound, ControlFlow};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -101,6 +104,8 @@ pub struct Store {
     records: Table,
     incarnations: Incarnations,
     live: usize,
+    /// The keys whose record is a tombstone.
+    tombstones: BTreeSet<Box<[u8]>>,
 }
 
 impl Store {
@@ -111,6 +116,11 @@ impl Store {
     /// Number of keys holding a value (tombstones excluded).
     pub fn live_keys(&self) -> usize {
         self.live
+    }
+
+    /// Number of tombstones held.
+    pub fn tombstones(&self) -> usize {
+        self.tombstones.len()
     }
 
     /// Bytes of keys and values as the store holds them (see `Table::bytes`).
@@ -136,6 +146,14 @@ impl Store {
     /// it did. Cheap when there is nothing to do.
     pub fn maintain(&mut self) -> bool {
         self.records.maintain()
+    }
+
+    /// The version of the record `key` holds, value or tombstone: its Lamport time and
+    /// the incarnation that wrote it (the order that decides which write wins).
+    pub fn version_of(&self, key: &str) -> Option<(u64, Incarnation)> {
+        let record = self.records.get(key.as_bytes())?;
+        let inc = self.incarnations.get(record.version.incarnation).clone();
+        Some((record.version.lamport, inc))
     }
 
     pub fn contains(&self, key: &str) -> bool {
@@ -172,7 +190,68 @@ impl Store {
             .upsert(key.as_bytes(), version, text.as_bytes());
         let is_live = entry.value.is_some();
         self.live = self.live + usize::from(is_live) - usize::from(was_live);
+        match is_live {
+            true => self.tombstones.remove(key.as_bytes()),
+            false => self.tombstones.insert(key.as_bytes().into()),
+        };
         true
+    }
+
+    /// Removes the record of `key`, whatever it is.
+    pub fn remove(&mut self, key: &str) {
+        if matches!(self.read(key), Read::Found { .. }) {
+            self.live -= 1;
+        }
+        self.tombstones.remove(key.as_bytes());
+        self.records.remove(key.as_bytes());
+    }
+
+    /// Removes the tombstones whose delete `stable` covers, looking at up to `max`
+    /// tombstones with keys after `after`. Returns how many it removed and the key to
+    /// continue after (`None`: every tombstone was looked at).
+    pub fn collect(
+        &mut self,
+        stable: &Clock,
+        after: Option<&[u8]>,
+        max: usize,
+    ) -> (usize, Option<Box<[u8]>>) {
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut batch: Vec<Box<[u8]>> =
+            (self.tombstones.range::<[u8], _>((lower, Bound::Unbounded)))
+                .take(max.saturating_add(1))
+                .cloned()
+                .collect();
+        let more = batch.len() > max;
+        batch.truncate(max);
+        let next = more.then(|| batch.last().cloned()).flatten();
+        let mut collected = 0;
+        for key in batch {
+            let covered = (self.records.get(&key))
+                .is_some_and(|record| stable.covers(&self.dot(&record.version)));
+            if covered {
+                self.tombstones.remove(&key);
+                self.records.remove(&key);
+                collected += 1;
+            }
+        }
+        (collected, next)
+    }
+
+    /// The keys in `(after, upto]` (to the end for `None`) and the writes their records
+    /// hold, in key order.
+    pub fn between(&self, after: Option<&str>, upto: Option<&str>) -> Vec<(Key, Dot)> {
+        let mut found = Vec::new();
+        let _ = self
+            .records
+            .visit_after(after.map(str::as_bytes), |key, record| {
+                if upto.is_some_and(|upto| key > upto.as_bytes()) {
+                    return ControlFlow::Break(());
+                }
+                let key = Key::from(String::from_utf8_lossy(key));
+                found.push((key, self.dot(&record.version)));
+                ControlFlow::Continue(())
+            });
+        found
     }
 
     /// The entries whose write `clock` does not include (what a replica at `clock` misses;
@@ -321,6 +400,40 @@ pub(crate) mod tests {
         assert_eq!(store.live_keys(), 1);
         store.apply("x".into(), entry(Some("2"), 4, "a", 4));
         assert_eq!(store.live_keys(), 2);
+    }
+
+    #[test]
+    fn only_tombstones_the_stable_clock_covers_are_collected() {
+        let mut store = Store::new();
+        store.apply("live".into(), entry(Some("1"), 1, "a", 1));
+        store.apply("old".into(), entry(None, 2, "a", 2));
+        store.apply("new".into(), entry(None, 3, "a", 3));
+        store.apply("other".into(), entry(None, 4, "b", 1));
+        assert_eq!(store.tombstones(), 3);
+        let mut stable = Clock::new();
+        stable.advance(&dot("a", 1, 2));
+        // One tombstone at a time: "new" (not covered), then "old" (covered).
+        let (collected, next) = store.collect(&stable, None, 1);
+        assert_eq!((collected, next.as_deref()), (0, Some(&b"new"[..])));
+        let (collected, next) = store.collect(&stable, next.as_deref(), 1);
+        assert_eq!((collected, next.as_deref()), (1, Some(&b"old"[..])));
+        let (collected, next) = store.collect(&stable, next.as_deref(), 1);
+        assert_eq!((collected, next), (0, None), "other is b's: not covered");
+        assert!(matches!(store.read("old"), Read::Missing));
+        assert!(matches!(store.read("new"), Read::Deleted { .. }));
+        assert_eq!((store.tombstones(), store.live_keys()), (2, 1));
+        assert_eq!(store.iter().count(), 3);
+        // A later write to a collected key is an ordinary first write.
+        assert!(store.apply("old".into(), entry(Some("2"), 5, "b", 2)));
+        assert_eq!(store.live_keys(), 2);
+        store.remove("old");
+        store.remove("new");
+        assert_eq!((store.tombstones(), store.live_keys()), (1, 1));
+        let keys: Vec<String> = (store.between(Some("live"), None).iter())
+            .map(|(k, _)| k.to_string())
+            .collect();
+        assert_eq!(keys, ["other"]);
+        assert_eq!(store.between(None, Some("live")).len(), 1);
     }
 
     #[test]

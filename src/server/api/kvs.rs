@@ -141,7 +141,9 @@ fn render(
         Reply::Found { value, metadata } => {
             Ok(answer(StatusCode::OK, "found", Some(&value), &metadata))
         }
-        Reply::Written { existed, metadata } => {
+        Reply::Written {
+            existed, metadata, ..
+        } => {
             let (status, result) = written(existed);
             Ok(answer(status, result, None, &metadata))
         }

@@ -200,6 +200,7 @@ impl Node {
             }
             Event::CausalWait { waited, timed_out } => self.metrics.causal_wait(waited, timed_out),
             Event::AntiEntropyEntries(n) => self.metrics.anti_entropy_entries(n),
+            Event::TombstonesCollected(n) => self.metrics.tombstones_collected(n),
             Event::StorePacked => alloc::release_free_memory(),
         }
     }

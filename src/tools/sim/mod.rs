@@ -130,13 +130,18 @@ pub struct Outcome {
     pub violations: Vec<Violation>,
     pub timing: Vec<String>,
     pub converged: bool,
+    /// Keys whose converged write is older than an acknowledged write of them.
+    pub wrong_winners: Vec<String>,
     /// The faults, in one short line.
     pub trace: String,
 }
 
 impl Outcome {
     pub fn passed(&self) -> bool {
-        self.violations.is_empty() && self.timing.is_empty() && self.converged
+        self.violations.is_empty()
+            && self.timing.is_empty()
+            && self.converged
+            && self.wrong_winners.is_empty()
     }
 
     /// One line: the seed, what broke first, and the faults.
@@ -148,6 +153,8 @@ impl Outcome {
             format!("timing: {t}")
         } else if !self.converged {
             "replicas did not converge after the last heal".into()
+        } else if let Some(w) = self.wrong_winners.first() {
+            format!("winner: {w}")
         } else {
             "ok".into()
         };
@@ -225,6 +232,7 @@ pub fn run(config: &SimConfig, verbose: bool) -> Outcome {
     world.schedule_action(stop, Action::StopSessions);
     world.run_until(stop + world::CLIENT_TIMEOUT);
     let converged = settle(&mut world, end.max(stop + Duration::from_secs(20)));
+    let wrong_winners = wrong_winners(&world);
     let final_state = final_state(&world);
     let violations = check(
         &crate::tools::check::history::History::new(world.history.clone()),
@@ -258,6 +266,7 @@ pub fn run(config: &SimConfig, verbose: bool) -> Outcome {
         violations,
         timing: world.timing.clone(),
         converged,
+        wrong_winners,
         trace,
     }
 }
@@ -553,6 +562,25 @@ fn settle(world: &mut World, deadline: Time) -> bool {
         let next = world.now + Duration::from_secs(1);
         world.run_until(next);
     }
+}
+
+/// Keys where a replica holds a write older (by the version that decides between
+/// concurrent writes) than an acknowledged write of the key: a write that lost came back,
+/// for instance after the tombstone that beat it was collected too early. (A key that holds
+/// nothing is not judged: a newer, unacknowledged delete may have won and been collected.)
+fn wrong_winners(world: &World) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for (key, (version, op)) in &world.acknowledged {
+        for r in 0..world.replicas() {
+            match world.version_directly(r, key) {
+                Some(held) if held < *version => wrong.push(format!(
+                    "r{r} holds {key} at version {held:?}, older than {op} at {version:?}"
+                )),
+                _ => {}
+            }
+        }
+    }
+    wrong
 }
 
 /// Every replica's value of every key the history touched, read from its state.

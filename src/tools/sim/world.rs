@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde_json::{Value as Json, json};
 
-use crate::protocol::causal::{Addr, Clock};
+use crate::protocol::causal::{Addr, Clock, Incarnation};
 use crate::protocol::journal::{Record, Seq};
 use crate::protocol::machine::{
     Answer, CallError, CallId, Event as MachineEvent, Machine, Message, Output, Reply, Request,
@@ -176,6 +176,9 @@ pub struct World {
     pub once_keys: Vec<String>,
     /// Broken timing rules of the contract.
     pub timing: Vec<String>,
+    /// Per key, the highest version of an acknowledged write of it (Lamport time, then
+    /// incarnation), and the operation's name.
+    pub acknowledged: BTreeMap<String, ((u64, Incarnation), String)>,
     /// A one-line story of what happened, for failure reports.
     pub trace: Vec<String>,
     /// Print every event as it happens.
@@ -223,6 +226,7 @@ impl World {
             history: Vec::new(),
             once_keys: Vec::new(),
             timing: Vec::new(),
+            acknowledged: BTreeMap::new(),
             trace: Vec::new(),
             verbose: false,
             disturbed: Time::ZERO,
@@ -368,7 +372,14 @@ impl World {
     fn perform(&mut self, r: usize, life: u64, output: Output<Waiter>) {
         match output {
             Output::Reply(waiter, reply) => {
-                if let Reply::Written { metadata, .. } = &reply {
+                if let Reply::Written {
+                    metadata,
+                    lamport,
+                    dot,
+                    ..
+                } = &reply
+                {
+                    self.note_version(waiter, *lamport, &dot.inc);
                     self.check_replicated(r, waiter, metadata);
                 }
                 let status = status_of(&reply, self.request_kind(waiter));
@@ -753,6 +764,28 @@ impl World {
 
     pub fn schedule_session(&mut self, session: u32, at: Time) {
         self.schedule(at, Event::SessionNext { session });
+    }
+
+    /// Keeps the version of an acknowledged write if it is the highest of its key.
+    fn note_version(&mut self, (session, index): Waiter, lamport: u64, inc: &Incarnation) {
+        let Some((_, _, request, _)) = (self.sessions.get(session as usize))
+            .and_then(|s| s.in_flight.as_ref())
+            .filter(|(i, ..)| *i == index)
+        else {
+            return;
+        };
+        let version = (lamport, inc.clone());
+        let name = format!("s{session}#{index} ({:?} {})", request.kind, request.key);
+        let held = self.acknowledged.entry(request.key.clone());
+        let held = held.or_insert_with(|| (version.clone(), name.clone()));
+        if version > held.0 {
+            *held = (version, name);
+        }
+    }
+
+    /// The version of what replica `r` holds for `key` (value or tombstone).
+    pub fn version_directly(&self, r: usize, key: &str) -> Option<(u64, Incarnation)> {
+        self.machine(r)?.replica().store().version_of(key)
     }
 
     /// What replica `r` holds for `key`, read directly from its state.
