@@ -407,7 +407,7 @@ async fn crash_writer(
         if Instant::now() >= until {
             break;
         }
-        let key = format!("crash-w{writer}-k{}", rng.below(KEYS_PER_WRITER));
+        let key = crash_key(writer, rng.below(KEYS_PER_WRITER));
         let written = (rng.below(3) > 0).then(|| json!(format!("w{writer}-{n}")));
         let node = &nodes[rng.below(nodes.len())];
         match write_in_session(&mut session, node, &key, &written).await {
@@ -426,27 +426,22 @@ async fn crash_writer(
     log
 }
 
+/// Key `k` of writer `writer`.
+fn crash_key(writer: u64, k: usize) -> String {
+    format!("crash-w{writer}-k{k}")
+}
+
 /// Per key, what a replica may hold at the end: the last acknowledged write
 /// (absence if there was none), or any write without a definite answer.
+/// `logs[w]` is writer `w`'s, the only one writing its keys.
 fn allowed_outcomes(logs: &[WriterLog]) -> BTreeMap<String, Vec<Written>> {
-    let mut allowed: BTreeMap<String, Vec<Written>> = BTreeMap::new();
-    for writer in 0..WRITERS {
+    let mut allowed = BTreeMap::new();
+    for (writer, log) in (0..).zip(logs) {
         for k in 0..KEYS_PER_WRITER {
-            allowed.insert(format!("crash-w{writer}-k{k}"), Vec::new());
-        }
-    }
-    for log in logs {
-        for (key, outcomes) in allowed.iter_mut() {
-            if let Some(last) = log.last_acked.get(key) {
-                outcomes.push(last.clone());
-            }
-            outcomes.extend(log.indeterminate.get(key).into_iter().flatten().cloned());
-        }
-    }
-    for (key, outcomes) in allowed.iter_mut() {
-        let acked = logs.iter().any(|log| log.last_acked.contains_key(key));
-        if !acked {
-            outcomes.push(None);
+            let key = crash_key(writer, k);
+            let mut outcomes = vec![log.last_acked.get(&key).cloned().flatten()];
+            outcomes.extend(log.indeterminate.get(&key).into_iter().flatten().cloned());
+            allowed.insert(key, outcomes);
         }
     }
     allowed
