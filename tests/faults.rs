@@ -12,6 +12,14 @@
 //!   one fault at a time; after the last heal every replica must list all three
 //!   and hold identical stores, and the checker must find no violation in the
 //!   recorded history. `CAUSALKV_FAULT_SEED` replays a run's fault schedule.
+//! - [`randomized_nemesis_run_with_data_dirs`]: the same on the durable
+//!   deployment (each replica's store in a named volume, `DATA_DIR=/data`),
+//!   whose fault menu adds a whole-cluster crash (`docker kill` of all three at
+//!   once, then all three started again on their volumes), and which must
+//!   inject one. The checker then also shows that no acknowledged write was
+//!   lost across it: no read after it misses or reads past a write in its
+//!   causal past, and no replica ends with a value or absence that an
+//!   acknowledged write overwrote (`causalkv::tools::check::checker`, check 4).
 //! - Scenario tests of issue 4: two replicas cut off while the third keeps
 //!   accepting writes; a replica killed, the view shrinking, the replica
 //!   restarted and catching up; a replica cut off, writes elsewhere, reconnect,
@@ -90,12 +98,30 @@ enum FaultKind {
     Partition,
     /// `docker kill`, later `docker run` with the same address and full view.
     Crash,
+    /// `docker kill` of all three at once, later `docker run` of all three on
+    /// their volumes (durable deployments only: in memory, nothing survives).
+    ClusterCrash,
+}
+
+impl FaultKind {
+    /// The faults the nemesis takes turns with on `deployment`.
+    fn menu(deployment: &Deployment) -> &'static [FaultKind] {
+        match deployment.is_durable() {
+            true => &[
+                FaultKind::Partition,
+                FaultKind::Crash,
+                FaultKind::ClusterCrash,
+            ],
+            false => &[FaultKind::Partition, FaultKind::Crash],
+        }
+    }
 }
 
 /// One fault injected by the nemesis; times since the run's origin.
 #[derive(Clone, Debug)]
 struct Fault {
     kind: FaultKind,
+    /// The replica it struck (every one, for a cluster crash).
     replica: usize,
     injected: Duration,
     healed: Duration,
@@ -105,9 +131,10 @@ struct Fault {
 
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let what = match self.kind {
-            FaultKind::Partition => "partition",
-            FaultKind::Crash => "crash",
+        let (what, whom) = match self.kind {
+            FaultKind::Partition => ("partition", NAMES[self.replica]),
+            FaultKind::Crash => ("crash", NAMES[self.replica]),
+            FaultKind::ClusterCrash => ("crash", "all"),
         };
         let late = match self.back_in_view > CONTRACT_HEAL {
             true => " (later than the contract's 5 s)",
@@ -115,8 +142,7 @@ impl fmt::Display for Fault {
         };
         write!(
             f,
-            "{what:9} {:5} at {:6.2}s, healed at {:6.2}s, all views full {:.2}s later{late}",
-            NAMES[self.replica],
+            "{what:9} {whom:5} at {:6.2}s, healed at {:6.2}s, all views full {:.2}s later{late}",
             self.injected.as_secs_f64(),
             self.healed.as_secs_f64(),
             self.back_in_view.as_secs_f64()
@@ -156,12 +182,13 @@ impl<'a> Nemesis<'a> {
     }
 
     /// Injects faults until no further one can be healed before `stop`:
-    /// partitions and crashes in turn (the first drawn at random), each of a
-    /// random replica, held for a random time.
+    /// partitions, crashes and (when durable) whole-cluster crashes in turn
+    /// (the first drawn at random), each of a random replica, held for a
+    /// random time.
     async fn run(mut self, stop: Instant) -> Vec<Fault> {
         tokio::time::sleep(QUIET_START).await;
         self.until_stable().await;
-        let kinds = [FaultKind::Partition, FaultKind::Crash];
+        let kinds = FaultKind::menu(self.deployment);
         let first = self.rng.below(kinds.len());
         for turn in first.. {
             let hold = Duration::from_millis(
@@ -201,6 +228,7 @@ impl<'a> Nemesis<'a> {
         match kind {
             FaultKind::Partition => self.deployment.disconnect(replica),
             FaultKind::Crash => self.deployment.kill(replica).await,
+            FaultKind::ClusterCrash => self.deployment.kill_all().await,
         }
     }
 
@@ -208,6 +236,7 @@ impl<'a> Nemesis<'a> {
         match kind {
             FaultKind::Partition => self.deployment.connect(replica),
             FaultKind::Crash => self.deployment.run(replica),
+            FaultKind::ClusterCrash => self.deployment.run_all(),
         }
     }
 
@@ -331,9 +360,28 @@ fn save(name: &str, text: &str) -> Option<PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs Docker; run by scripts/test"]
 async fn randomized_nemesis_run() {
+    let faults = nemesis_run(Deployment::start("nemesis").await).await;
+    assert!(!faults.is_empty(), "the nemesis injected no fault");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs Docker; run by scripts/test"]
+async fn randomized_nemesis_run_with_data_dirs() {
+    let faults = nemesis_run(Deployment::start_durable("nemesis-durable").await).await;
+    assert!(
+        faults
+            .iter()
+            .any(|fault| fault.kind == FaultKind::ClusterCrash),
+        "the nemesis injected no whole-cluster crash"
+    );
+}
+
+/// The nemesis run on `deployment`: the workload's sessions under the
+/// nemesis's faults, then convergence and the checker; panics with the run's
+/// report when either fails. Returns the faults injected.
+async fn nemesis_run(mut deployment: Deployment) -> Vec<Fault> {
     let seed = fault_seed();
     eprintln!("nemesis seed {seed} (replay: CAUSALKV_FAULT_SEED={seed})");
-    let mut deployment = Deployment::start("nemesis").await;
     let client = Client::new(REQUEST_TIMEOUT).expect("HTTP client");
     let config = WorkloadConfig {
         replicas: deployment.host_addrs(),
@@ -376,12 +424,12 @@ async fn randomized_nemesis_run() {
     };
     eprintln!("{report}");
     save(&format!("report-{seed}.txt"), &report.to_string());
-    assert!(!faults.is_empty(), "the nemesis injected no fault");
     assert!(end.agrees(), "the replicas did not converge:\n{report}");
     assert!(
         violations.is_empty(),
         "the checker found violations:\n{report}"
     );
+    faults
 }
 
 // ---------------------------------------------------------------------------

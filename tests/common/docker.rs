@@ -7,14 +7,19 @@
 //! already exist (`scripts/docker-build` builds it; `CAUSALKV_IMAGE` names
 //! another tag). [`Deployment`] injects the contract's faults: `docker kill`
 //! and a later `docker run` with the same address and full view, and
-//! `docker network disconnect` and `connect --ip`.
+//! `docker network disconnect` and `connect --ip`; and, for a durable
+//! deployment ([`Deployment::start_durable`]: each replica keeps its store in a
+//! named volume mounted as its data directory, `DATA_DIR=/data`), `docker kill`
+//! of all three at once ([`Deployment::kill_all`]).
 //!
 //! Every deployment uses the same names, ports and subnet: a process-wide lock
 //! (held by the [`Deployment`]) serialises the tests of one binary under
 //! `cargo test`, and nextest's `docker` test group (`.config/nextest.toml`)
 //! runs one test of either suite at a time. Containers and network are removed
 //! when the deployment is dropped, even by a panic, and leftovers of an earlier
-//! run are removed before each deployment. The logs of every container life
+//! run are removed before each deployment. Volumes are named after the process
+//! and a random suffix, so that no two runs share one, and each deployment
+//! removes its own when dropped. The logs of every container life
 //! are kept under the target tmp dir (a killed container's just before the
 //! kill); when a test fails, their tails are printed.
 
@@ -53,6 +58,10 @@ pub const REPLICAS: usize = NAMES.len();
 const LOG_TAIL_LINES: usize = 60;
 /// Where a deployment with a secret finds it inside each container.
 pub const SECRET_IN_CONTAINER: &str = "/run/secrets/causalkv-cluster-secret";
+/// Where a durable deployment mounts each replica's volume (its `DATA_DIR`).
+pub const DATA_DIR_IN_CONTAINER: &str = "/data";
+/// How long dropping a deployment waits for its volumes to be free to remove.
+const VOLUME_REMOVAL: Duration = Duration::from_secs(10);
 
 /// Runs `docker args...`; its stdout, or its stderr as the error.
 pub fn docker(args: &[&str]) -> Result<String, String> {
@@ -119,6 +128,28 @@ fn remove_leftovers() {
     }
 }
 
+/// Names for the volumes of one durable deployment: unique to this process
+/// and this call.
+fn fresh_volume_names() -> [String; REPLICAS] {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let run = format!("{}-{nanos:08x}", std::process::id());
+    NAMES.map(|name| format!("{PREFIX}{run}-{name}-data"))
+}
+
+/// Removes `volumes`, waiting (up to [`VOLUME_REMOVAL`]) while a removed
+/// container still holds one. Never panics (it runs in `Drop`).
+fn remove_volumes(volumes: &[String]) {
+    let deadline = within(VOLUME_REMOVAL);
+    for volume in volumes {
+        let exists = || docker(&["volume", "inspect", volume]).is_ok();
+        while exists() && docker(&["volume", "rm", volume]).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 /// The three containers on their network; removed when dropped.
 pub struct Deployment {
     scenario: &'static str,
@@ -129,6 +160,9 @@ pub struct Deployment {
     /// A cluster secret file on the host, mounted read-only into every container and
     /// passed with `--cluster-secret-file`.
     secret_file: Option<PathBuf>,
+    /// Each replica's named volume, mounted as its data directory; `None` for
+    /// the in-memory deployment of the contract.
+    volumes: Option<[String; REPLICAS]>,
     /// Dropped after the containers are removed (fields drop after `drop`).
     _serial: MutexGuard<'static, ()>,
 }
@@ -142,6 +176,26 @@ impl Deployment {
     /// The same, each replica reading the cluster secret from `secret_file` (a host
     /// path, mounted into the containers).
     pub async fn start_with(scenario: &'static str, secret_file: Option<PathBuf>) -> Self {
+        Self::deploy(scenario, secret_file, None).await
+    }
+
+    /// The same, durable: each replica keeps its store in a fresh named volume
+    /// mounted at [`DATA_DIR_IN_CONTAINER`] (`DATA_DIR`), which outlives its
+    /// containers and is removed when the deployment is dropped.
+    pub async fn start_durable(scenario: &'static str) -> Self {
+        Self::deploy(scenario, None, Some(fresh_volume_names())).await
+    }
+
+    /// True when the replicas keep their stores in volumes.
+    pub fn is_durable(&self) -> bool {
+        self.volumes.is_some()
+    }
+
+    async fn deploy(
+        scenario: &'static str,
+        secret_file: Option<PathBuf>,
+        volumes: Option<[String; REPLICAS]>,
+    ) -> Self {
         let serial = DOCKER.lock().await;
         eprintln!("== docker scenario: {scenario}");
         remove_leftovers();
@@ -155,19 +209,21 @@ impl Deployment {
             log_dir: log_dir(scenario),
             lives: [0; REPLICAS],
             secret_file,
+            volumes,
             _serial: serial,
         };
-        docker_ok(&["network", "create", "--subnet", SUBNET, &network()]);
-        for i in 0..REPLICAS {
-            deployment.run(i);
+        for volume in deployment.volumes.iter().flatten() {
+            docker_ok(&["volume", "create", volume]);
         }
+        docker_ok(&["network", "create", "--subnet", SUBNET, &network()]);
+        deployment.run_all();
         deployment.until_ready(within(READY_TIMEOUT)).await;
         deployment
     }
 
     /// `docker run` of replica `i`, exactly as the contract shows (published on
     /// loopback only): a first start, or a restart with the same address and
-    /// the full view.
+    /// the full view (and, when durable, the same volume).
     pub fn run(&mut self, i: usize) {
         let view = Vec::from_iter(full_view()).join(",");
         let mut args = vec![
@@ -181,6 +237,10 @@ impl Deployment {
             format!("-e=SOCKET_ADDRESS={}", addr(i)),
             format!("-e=VIEW={view}"),
         ];
+        if let Some(volumes) = &self.volumes {
+            args.push(format!("--volume={}:{DATA_DIR_IN_CONTAINER}", volumes[i]));
+            args.push(format!("-e=DATA_DIR={DATA_DIR_IN_CONTAINER}"));
+        }
         if let Some(file) = &self.secret_file {
             args.push(format!(
                 "--volume={}:{SECRET_IN_CONTAINER}:ro",
@@ -202,16 +262,40 @@ impl Deployment {
     /// `docker kill` of replica `i` (its logs saved first); returns once
     /// `--rm` has removed it.
     pub async fn kill(&self, i: usize) {
-        self.save_logs(i);
-        docker_ok(&["kill", &container(i)]);
-        let what = format!("{} is removed", container(i));
-        poll_until(within(SETTLE_TIMEOUT), &what, async || {
-            match docker(&["container", "inspect", &container(i)]) {
-                Ok(_) => Err("still there".to_owned()),
-                Err(_) => Ok(()),
-            }
-        })
-        .await;
+        self.kill_at_once(&[i]).await;
+    }
+
+    /// `docker kill` of all three replicas in one command (a crash of the
+    /// whole cluster); returns once `--rm` has removed them.
+    pub async fn kill_all(&self) {
+        self.kill_at_once(&[ALICE, BOB, CAROL]).await;
+    }
+
+    /// `docker run` of every replica again, as after [`Self::kill_all`].
+    pub fn run_all(&mut self) {
+        for i in 0..REPLICAS {
+            self.run(i);
+        }
+    }
+
+    /// One `docker kill` of the replicas `members` (their logs saved first);
+    /// returns once they are removed.
+    async fn kill_at_once(&self, members: &[usize]) {
+        members.iter().for_each(|&i| self.save_logs(i));
+        let names: Vec<String> = members.iter().map(|&i| container(i)).collect();
+        let mut args = vec!["kill"];
+        args.extend(names.iter().map(String::as_str));
+        docker_ok(&args);
+        for name in &names {
+            let what = format!("{name} is removed");
+            poll_until(within(SETTLE_TIMEOUT), &what, async || {
+                match docker(&["container", "inspect", name]) {
+                    Ok(_) => Err("still there".to_owned()),
+                    Err(_) => Ok(()),
+                }
+            })
+            .await;
+        }
     }
 
     /// Cuts replica `i` off the network (its process keeps running).
@@ -249,7 +333,8 @@ impl Deployment {
             .collect()
     }
 
-    async fn until_ready(&self, deadline: Instant) {
+    /// Waits until every replica lists all three and serves reads.
+    pub async fn until_ready(&self, deadline: Instant) {
         let expected = full_view();
         for node in self.nodes() {
             let what = format!("{} is ready", node.addr());
@@ -315,6 +400,9 @@ impl Drop for Deployment {
             self.print_logs();
         }
         remove_leftovers();
+        if let Some(volumes) = &self.volumes {
+            remove_volumes(volumes);
+        }
     }
 }
 

@@ -15,7 +15,13 @@
 //!    some delete of `k` (acknowledged or indeterminate, started before `r` ended) is not
 //!    in the causal past of any write to `k` in `r`'s causal past (so it may have won).
 //! 4. [`ViolationKind::LostWrite`]: every acknowledged write to a write-once key holds on
-//!    every replica at the end.
+//!    every replica at the end; and what a replica holds at the end for any other key was
+//!    not overwritten by an acknowledged write: the final read has every acknowledged
+//!    write in its causal past (all of them reached every replica, durably), so a value
+//!    there must pass check 2, and an absence check 3 (with every delete begun), against
+//!    the frontier of all acknowledged writes to the key. This is what catches a store
+//!    that, after a crash of every replica, came back without a write it had
+//!    acknowledged, even when no later read of that key showed it.
 //! 5. [`ViolationKind::Divergence`] and [`ViolationKind::Unreadable`]: at the end every
 //!    replica was read, and all hold the same value (or absence) for every key used.
 //!
@@ -47,7 +53,8 @@ pub enum ViolationKind {
     StaleRead,
     /// A read found no value although a write to the key is in its causal past.
     MissedWrite,
-    /// An acknowledged write to a write-once key is missing from a replica at the end.
+    /// An acknowledged write is missing from a replica at the end: a write-once value is
+    /// absent, or a key holds a value (or absence) that an acknowledged write overwrote.
     LostWrite,
     /// Replicas hold different values for a key at the end.
     Divergence,
@@ -85,6 +92,7 @@ pub fn check(history: &History, end: &FinalState) -> Vec<Violation> {
     let mut violations = index.check_reads();
     violations.extend(index.check_final_values(end));
     violations.extend(index.check_write_once(end));
+    violations.extend(index.check_final_overwrites(end));
     violations.extend(check_convergence(&index, end));
     violations.sort_by_key(|v| (v.kind, v.ops.first().map(|op| op.start_us)));
     violations
@@ -274,6 +282,83 @@ impl<'a> Index<'a> {
         }
         frontier.extend(clock.extras.iter().filter(|&&x| self.ops[x].key == key));
         frontier
+    }
+
+    /// The latest writes to `key` once every acknowledged write is in the past: per
+    /// session, its last acknowledged write to `key`.
+    fn final_frontier(&self, key: &str) -> Vec<usize> {
+        let by_session = self.acked.get(key).map_or(&[][..], |s| s);
+        by_session
+            .iter()
+            .filter_map(|writes| writes.last().map(|&(_, w)| w))
+            .collect()
+    }
+
+    /// Whether what a replica holds for `key` at the end is explained by a write that no
+    /// acknowledged write overwrote; otherwise the acknowledged writes it lost.
+    fn lost_at_end(&self, key: &str, held: &FinalRead, frontier: &[usize]) -> Vec<usize> {
+        let overwrites = |x: usize| frontier.iter().any(|&f| f != x && self.past.contains(f, x));
+        let latest = || {
+            frontier
+                .iter()
+                .copied()
+                .filter(|&f| !overwrites(f))
+                .collect()
+        };
+        match held {
+            FinalRead::Value(value) => match self.writer.get(&canonical(value)) {
+                // A value nobody wrote to the key is check 1's.
+                Some(&w) if self.ops[w].key == key && overwrites(w) => latest(),
+                _ => Vec::new(),
+            },
+            FinalRead::Absent => {
+                let deletes = self.deletes.get(key).map_or(&[][..], |d| d);
+                match deletes.iter().any(|&d| !overwrites(d)) {
+                    true => Vec::new(),
+                    false => latest(),
+                }
+            }
+            FinalRead::Failed(_) => Vec::new(),
+        }
+    }
+
+    /// Check 4 on the other keys: no replica holds, at the end, a value or an absence
+    /// that an acknowledged write overwrote.
+    fn check_final_overwrites(&self, end: &FinalState) -> Vec<Violation> {
+        let once: BTreeSet<&str> = self
+            .ops
+            .iter()
+            .filter(|op| op.write_once)
+            .map(|op| op.key.as_str())
+            .collect();
+        let keys: BTreeSet<&String> = end.reads.values().flat_map(|reads| reads.keys()).collect();
+        let mut violations = Vec::new();
+        for key in keys.into_iter().filter(|key| !once.contains(key.as_str())) {
+            let frontier = self.final_frontier(key);
+            let mut lost = BTreeSet::new();
+            let mut shown = Vec::new();
+            for (replica, reads) in &end.reads {
+                let Some(held) = reads.get(key) else { continue };
+                let missing = self.lost_at_end(key, held, &frontier);
+                if !missing.is_empty() {
+                    shown.push(format!("{replica} holds {held}"));
+                    lost.extend(missing);
+                }
+            }
+            if !lost.is_empty() {
+                violations.push(Violation {
+                    kind: ViolationKind::LostWrite,
+                    explanation: format!(
+                        "at the end, {}: {} of {key} that overwrote it {} lost",
+                        shown.join(", "),
+                        plural(lost.len(), "an acknowledged write", "acknowledged writes"),
+                        if lost.len() == 1 { "is" } else { "are" },
+                    ),
+                    ops: lost.into_iter().map(|w| self.ops[w].clone()).collect(),
+                });
+            }
+        }
+        violations
     }
 
     /// The read op followed by the given ones, cloned for a violation.

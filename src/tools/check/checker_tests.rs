@@ -406,6 +406,73 @@ fn a_write_once_value_replaced_everywhere_is_caught() {
     );
 }
 
+// ---- 4. no acknowledged write lost at the end (keys written more than once) --------------
+
+#[test]
+fn a_final_value_that_no_acknowledged_write_overwrote_is_clean() {
+    let mut s = Script::default();
+    s.put(0, "k", "a", CREATED);
+    s.put(1, "k", "b", OK);
+    s.put(2, "k", "c", LOST);
+    s.put(0, "gone", "x", CREATED);
+    s.delete(1, "gone", OK);
+    for held in ["a", "b", "c"] {
+        let store = [("k", value(held)), ("gone", FinalRead::Absent)];
+        let end = end_state(&[("r1", &store), ("r2", &store)]);
+        assert_eq!(check(&s.history(), &end), vec![], "holding {held}");
+    }
+}
+
+#[test]
+fn a_final_value_an_acknowledged_write_overwrote_is_a_lost_write() {
+    let mut s = Script::default();
+    s.put(0, "k", "a", CREATED);
+    s.get(1, "k", Some("a"));
+    s.put(1, "k", "b", OK);
+    // After a crash of every replica, both came back with "a" and no later read of k.
+    let store = [("k", value("a"))];
+    let end = end_state(&[("r1", &store), ("r2", &store)]);
+    let violations = check(&s.history(), &end);
+    assert_eq!(kinds(&violations), vec![ViolationKind::LostWrite]);
+    assert_eq!(shown(&violations[0]), vec![(1, 1)]);
+    assert!(
+        violations[0]
+            .explanation
+            .contains("r1 holds \"a\", r2 holds \"a\"")
+    );
+}
+
+#[test]
+fn a_final_absence_after_an_acknowledged_write_is_a_lost_write() {
+    let mut s = Script::default();
+    s.put(0, "k", "a", CREATED);
+    s.delete(0, "k", OK);
+    s.put(0, "k", "b", CREATED);
+    let end = end_state(&[
+        ("r1", &[("k", value("b"))]),
+        ("r2", &[("k", FinalRead::Absent)]),
+    ]);
+    let violations = check(&s.history(), &end);
+    assert_eq!(
+        kinds(&violations),
+        vec![ViolationKind::LostWrite, ViolationKind::Divergence]
+    );
+    assert_eq!(shown(&violations[0]), vec![(0, 2)]);
+    assert!(violations[0].explanation.contains("r2 holds absent"));
+}
+
+#[test]
+fn a_lost_acknowledged_delete_is_caught() {
+    let mut s = Script::default();
+    s.put(0, "k", "a", CREATED);
+    s.delete(0, "k", OK);
+    let store = [("k", value("a"))];
+    let end = end_state(&[("r1", &store), ("r2", &store)]);
+    let violations = check(&s.history(), &end);
+    assert_eq!(kinds(&violations), vec![ViolationKind::LostWrite]);
+    assert_eq!(shown(&violations[0]), vec![(0, 1)]);
+}
+
 // ---- 5. convergence ------------------------------------------------------------------------------
 
 #[test]
