@@ -18,7 +18,8 @@ pub const HOLD_BUDGET_S: f64 = 0.001;
 /// One replica's lock holds as of a scrape (or between two, see [`LockHolds::since`]).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LockHolds {
-    /// Cumulative counts: holds that lasted at most `le` seconds (`+Inf` last).
+    /// Cumulative counts: holds that lasted at most `le` seconds, for each finite bound
+    /// (the `+Inf` bucket is `count`).
     pub buckets: Vec<(f64, u64)>,
     pub count: u64,
     pub sum_s: f64,
@@ -40,12 +41,9 @@ impl LockHolds {
             };
             if let Some(labels) = name.strip_prefix(&format!("{HOLD}_bucket{{")) {
                 let le = labels.strip_prefix("le=\"")?.strip_suffix("\"}")?;
-                let le = if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().ok()?
-                };
-                holds.buckets.push((le, value as u64));
+                if le != "+Inf" {
+                    holds.buckets.push((le.parse().ok()?, value as u64));
+                }
             } else if name == format!("{HOLD}_count") {
                 holds.count = value as u64;
                 seen_count = true;
@@ -92,17 +90,15 @@ impl LockHolds {
         self.count.saturating_sub(within)
     }
 
-    /// The upper bound of the highest bucket that counted a hold: the longest hold was at
-    /// most this long (infinite: longer than the last finite bound).
+    /// The upper bound of the lowest bucket that counted every hold: the longest hold was
+    /// at most this long (infinite: longer than the last finite bound); `None` without
+    /// holds.
     pub fn longest_bound_s(&self) -> Option<f64> {
-        let mut below = 0;
-        for &(le, n) in &self.buckets {
-            if n == self.count && self.count > below {
-                return Some(le);
-            }
-            below = n;
+        if self.count == 0 {
+            return None;
         }
-        None
+        let within = self.buckets.iter().find(|(_, n)| *n >= self.count);
+        Some(within.map_or(f64::INFINITY, |(le, _)| *le))
     }
 }
 
@@ -160,7 +156,7 @@ mod tests {
         .expect("parses");
         assert_eq!(before.count, 12);
         assert_eq!(before.max_s, 0.0009);
-        assert_eq!(before.buckets.last(), Some(&(f64::INFINITY, 12)));
+        assert_eq!(before.buckets.last(), Some(&(0.002, 12)));
         let after = LockHolds::parse(&text(
             &[("0.0005", 15), ("0.001", 18), ("0.002", 20), ("+Inf", 20)],
             0.01,
@@ -173,6 +169,13 @@ mod tests {
         assert_eq!(phase.longer_than(HOLD_BUDGET_S), 2);
         assert_eq!(phase.longest_bound_s(), Some(0.002));
         assert_eq!(LockHolds::default().longest_bound_s(), None);
+        let beyond = LockHolds::parse(&text(&[("0.002", 1), ("+Inf", 3)], 9.0, 4.0));
+        assert_eq!(
+            beyond.and_then(|h| h.longest_bound_s()),
+            Some(f64::INFINITY)
+        );
+        let json = serde_json::to_string(&phase).expect("encodes");
+        assert_eq!(serde_json::from_str::<LockHolds>(&json).ok(), Some(phase));
     }
 
     #[test]
