@@ -257,3 +257,44 @@ fn the_scale_report_restarts_a_replica_that_recovers_every_session() {
     assert_eq!((r.restart.sessions_verified, r.restart.sessions), (4, 4));
     assert!(r.restart.whole_store_s.is_some() && r.restart.in_every_view_s.is_some());
 }
+
+#[test]
+fn a_durable_scale_report_restarts_from_disk_and_reads_under_writes() {
+    let args = [
+        "--scale",
+        "--durable",
+        "--keys",
+        "300",
+        "--concurrency",
+        "4",
+        "--under-writes",
+        "1s",
+        "--json",
+    ];
+    let text = bench_ok(&args);
+    let r: ScaleReport = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert!(r.durable);
+    let under = r.under_writes.as_ref().expect("the phase under writes");
+    assert!(under.reads.ops > 0 && under.writes.ops > 0, "{under:?}");
+    assert_eq!(under.replicas.len(), 3);
+    assert!(
+        under.replicas.iter().all(|h| h.phase.count > 0),
+        "{under:?}"
+    );
+    let disk = r.restart.from_disk.as_ref().expect("the restart's log");
+    assert_eq!(disk.keys, Some(300), "{disk:?}");
+    assert!(
+        disk.recovered_s.is_some() && disk.snapshot_s.is_some(),
+        "{disk:?}"
+    );
+    let scan = r.restart.scan.as_ref().expect("a read of every key");
+    assert_eq!((scan.keys, scan.served), (300, 300));
+    let all = r.restart_all.as_ref().expect("the restart of all replicas");
+    assert_eq!((all.sessions_verified, all.sessions), (4, 4));
+    assert_eq!(all.replicas.len(), 3);
+    assert!(
+        all.replicas.iter().all(|v| v.from_disk.keys == Some(300)),
+        "{all:?}"
+    );
+    assert_eq!((all.scan.keys, all.scan.served), (300, 300));
+}

@@ -21,7 +21,7 @@ use common::{InSession, Session, TestCluster, poll_until, within};
 use serde_json::{Value, json};
 
 /// The families dashboards and alerts depend on, as a query names their samples.
-const FAMILIES: [&str; 13] = [
+const FAMILIES: [&str; 15] = [
     "causalkv_http_requests_total",
     "causalkv_http_request_duration_seconds_count",
     "causalkv_replication_queue_depth",
@@ -33,6 +33,8 @@ const FAMILIES: [&str; 13] = [
     "causalkv_causal_wait_seconds_count",
     "causalkv_causal_timeouts_total",
     "causalkv_anti_entropy_entries_total",
+    "causalkv_lock_hold_seconds_count",
+    "causalkv_lock_hold_max_seconds",
     "causalkv_keys",
     "causalkv_store_bytes",
 ];
@@ -194,6 +196,12 @@ async fn the_exposition_parses_and_counts_traffic() {
         .find(|s| s.name == "causalkv_keys")
         .expect("keys");
     assert_eq!(keys.value, 10.0);
+    // Every request held the machine's lock at least once.
+    let holds = samples
+        .iter()
+        .find(|s| s.name == "causalkv_lock_hold_seconds_count")
+        .expect("lock holds");
+    assert!(holds.value >= 10.0, "{holds:?}");
     for sample in &samples {
         for value in sample.labels.values() {
             assert!(!value.starts_with('k'), "a key became a label: {sample:?}");

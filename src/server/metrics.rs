@@ -14,12 +14,14 @@
 //! `causalkv_delivery_buffer_writes`, `causalkv_view_members`,
 //! `causalkv_view_changes_total`, `causalkv_causal_wait_seconds`,
 //! `causalkv_causal_timeouts_total`, `causalkv_anti_entropy_entries_total`,
-//! `causalkv_keys`, `causalkv_store_bytes`, `causalkv_tombstones`,
-//! `causalkv_tombstones_collected_total`, `causalkv_ready`, and the process's
+//! `causalkv_lock_hold_seconds`, `causalkv_lock_hold_max_seconds`, `causalkv_keys`,
+//! `causalkv_store_bytes`, `causalkv_tombstones`, `causalkv_tombstones_collected_total`,
+//! `causalkv_ready`, and the process's
 //! `process_resident_memory_bytes`, `process_cpu_seconds_total`, `process_open_fds`,
 //! `process_start_time_seconds`.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -82,6 +84,11 @@ pub struct Metrics {
     causal_timeouts: Counter,
     anti_entropy_entries: Counter,
     tombstones_collected: Counter,
+    lock_hold: Histogram,
+    /// The longest hold of the machine's lock since start, in nanoseconds (kept here, as
+    /// an atomic maximum; the gauge is set from it at each scrape).
+    lock_hold_max_ns: AtomicU64,
+    lock_hold_max: Gauge<f64, AtomicU64>,
     keys: Gauge,
     tombstones: Gauge,
     store_bytes: Gauge,
@@ -92,6 +99,14 @@ fn request_histogram() -> Histogram {
     // 50 µs to ~3.3 s.
     Histogram::new(exponential_buckets(0.000_05, 2.0, 17))
 }
+
+/// Upper bounds of the lock-hold buckets, in seconds: fine between 0.1 ms and 10 ms, where
+/// the 1 ms budget of a hold on the request path lies (`le="0.001"` counts the holds
+/// within it), coarse beyond.
+const LOCK_HOLD_BUCKETS: [f64; 21] = [
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_2, 0.000_3, 0.000_5, 0.000_75, 0.001,
+    0.001_5, 0.002, 0.003, 0.005, 0.007_5, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0,
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -116,6 +131,9 @@ impl Metrics {
             causal_timeouts: Counter::default(),
             anti_entropy_entries: Counter::default(),
             tombstones_collected: Counter::default(),
+            lock_hold: Histogram::new(LOCK_HOLD_BUCKETS),
+            lock_hold_max_ns: AtomicU64::new(0),
+            lock_hold_max: Gauge::default(),
             keys: Gauge::default(),
             tombstones: Gauge::default(),
             store_bytes: Gauge::default(),
@@ -191,6 +209,16 @@ impl Metrics {
             "Tombstones collected once every member had applied their delete",
             self.tombstones_collected.clone(),
         );
+        r.register(
+            "lock_hold_seconds",
+            "How long each hold of the protocol machine's lock lasted",
+            self.lock_hold.clone(),
+        );
+        r.register(
+            "lock_hold_max_seconds",
+            "The longest hold of the protocol machine's lock since the replica started",
+            self.lock_hold_max.clone(),
+        );
         r.register("keys", "Keys holding a value", self.keys.clone());
         r.register(
             "tombstones",
@@ -255,6 +283,13 @@ impl Metrics {
         self.tombstones_collected.inc_by(tombstones as u64);
     }
 
+    /// One hold of the machine's lock that lasted `held`.
+    pub fn lock_held(&self, held: Duration) {
+        self.lock_hold.observe(held.as_secs_f64());
+        let nanos = u64::try_from(held.as_nanos()).unwrap_or(u64::MAX);
+        self.lock_hold_max_ns.fetch_max(nanos, Ordering::Relaxed);
+    }
+
     /// The text exposition, with the gauges taken from `health`.
     pub fn render(&self, health: &Health) -> Result<String, fmt::Error> {
         self.queue_depth.clear();
@@ -288,6 +323,9 @@ impl Metrics {
         self.store_bytes
             .set(saturating_i64(health.store_bytes as u64));
         self.ready.set(i64::from(health.ready));
+        let max_ns = self.lock_hold_max_ns.load(Ordering::Relaxed);
+        self.lock_hold_max
+            .set(Duration::from_nanos(max_ns).as_secs_f64());
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
@@ -476,6 +514,9 @@ mod tests {
         metrics.replication_failed("127.0.0.1:2", FailureReason::Timeout);
         metrics.view_changed(true);
         metrics.anti_entropy_entries(7);
+        metrics.lock_held(Duration::from_micros(400));
+        metrics.lock_held(Duration::from_micros(2500));
+        metrics.lock_held(Duration::from_micros(40));
         let text = metrics.render(&health()).unwrap();
         for line in [
             "causalkv_http_requests_total{route=\"/kvs/{key}\",method=\"PUT\",status=\"201\"} 2",
@@ -489,6 +530,10 @@ mod tests {
             "causalkv_causal_wait_seconds_count 1",
             "causalkv_causal_timeouts_total 1",
             "causalkv_anti_entropy_entries_total 7",
+            "causalkv_lock_hold_seconds_count 3",
+            "causalkv_lock_hold_seconds_bucket{le=\"0.001\"} 2",
+            "causalkv_lock_hold_seconds_bucket{le=\"0.003\"} 3",
+            "causalkv_lock_hold_max_seconds 0.0025",
             "causalkv_keys 3",
             "causalkv_store_bytes 120",
             "causalkv_ready 1",

@@ -16,10 +16,12 @@
 //! The machine lives in one `std::sync::Mutex`, held only for a step, never across an
 //! `.await` (the pattern of mini-redis's `db.rs`). The per-peer HTTP clients sit under a
 //! second mutex that is never held together with the first. Network I/O always happens
-//! after the guards are dropped.
+//! after the guards are dropped. Every hold of the machine's lock is timed (one
+//! `Instant::now()` pair) into `causalkv_lock_hold_seconds`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -118,12 +120,18 @@ impl Node {
         }))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Machine<Waiter>> {
+    fn lock(&self) -> Held<'_> {
         // A panic while holding the lock is a bug; the state it guards is still the best
         // this replica has, so keep serving rather than poisoning every later request.
-        self.machine
+        let guard = self
+            .machine
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Held {
+            guard,
+            since: std::time::Instant::now(),
+            metrics: &self.metrics,
+        }
     }
 
     fn now(&self) -> Now {
@@ -283,6 +291,34 @@ impl Node {
     /// A peer's message (authenticated and validated by the API).
     pub fn on_message(&self, message: Message) -> Result<Answer, NodeError> {
         self.step(|m, now| m.message(message, now))
+    }
+}
+
+/// The machine's lock, held: counts how long into `causalkv_lock_hold_seconds` when it
+/// is released (the observation itself, tens of nanoseconds, happens just before).
+struct Held<'a> {
+    guard: MutexGuard<'a, Machine<Waiter>>,
+    since: std::time::Instant,
+    metrics: &'a Metrics,
+}
+
+impl Deref for Held<'_> {
+    type Target = Machine<Waiter>;
+
+    fn deref(&self) -> &Machine<Waiter> {
+        &self.guard
+    }
+}
+
+impl DerefMut for Held<'_> {
+    fn deref_mut(&mut self) -> &mut Machine<Waiter> {
+        &mut self.guard
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.metrics.lock_held(self.since.elapsed());
     }
 }
 

@@ -13,12 +13,14 @@
 //!   skipped with a notice).
 //! * `--scale` starts its own three replicas, loads `--keys` keys of `--value-size` bytes,
 //!   and reports memory against raw data size and the time a killed replica needs to come
-//!   back with the whole store.
+//!   back with the whole store (`--durable`: from its data directory; `--under-writes`:
+//!   read latency and lock holds under a write load).
 //!
 //! Modules: [`workload`] (operation mix, key distributions), [`driver`] (one request to a
 //! target), [`load`] (the closed loop), [`stats`] and [`report`] (what is measured and
 //! shown), [`progress`] (the bar), [`compare`] and `chart` (comparisons; `chart`, the only
-//! user of plotters, is built with the `charts` feature alone), [`scale`].
+//! user of plotters, is built with the `charts` feature alone), [`scale`] with
+//! [`recovery`], [`pressure`] and [`scrape`] (what it reads of `/metrics` and `/health`).
 
 pub mod ceiling;
 #[cfg(feature = "charts")]
@@ -26,9 +28,12 @@ pub mod chart;
 pub mod compare;
 pub mod driver;
 pub mod load;
+pub mod pressure;
 pub mod progress;
+pub mod recovery;
 pub mod report;
 pub mod scale;
+pub mod scrape;
 pub mod stats;
 pub mod workload;
 
@@ -120,6 +125,15 @@ pub struct BenchArgs {
     /// memory and the time a killed replica needs to hold the whole store again.
     #[arg(long, conflicts_with_all = ["summarize", "target"])]
     pub scale: bool,
+    /// With --scale: give each replica a data directory (`--data-dir`, in a temp dir, the
+    /// default fsync policy), so that a killed replica recovers from it; also time a
+    /// restart of all three replicas at once.
+    #[arg(long, requires = "scale")]
+    pub durable: bool,
+    /// With --scale: once loaded, run --concurrency writer sessions and as many readers
+    /// for this long; report read latency and each replica's lock holds meanwhile.
+    #[arg(long, requires = "scale", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub under_writes: Option<Duration>,
     /// With --scale: keep the replicas' logs (in a temp dir) after a successful run.
     #[arg(long, requires = "scale")]
     pub keep_logs: bool,

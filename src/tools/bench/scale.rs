@@ -9,22 +9,32 @@
 //! session, when it holds every session's writes, and when every replica lists it again;
 //! meanwhile it samples every replica's memory, to show what the transfer costs.
 //!
-//! The replicas are a [`LocalCluster`] of the shared launcher, their logs in a temporary
-//! directory; it kills them when dropped, and the run stops at Ctrl-C or SIGTERM, so no
-//! replica outlives the benchmark.
+//! With `--under-writes DURATION`, the loaded store then takes a bounded write load with
+//! a read load beside it ([`pressure`]): read latency, and each replica's lock holds.
+//! With `--durable`, each replica has a data directory: the killed replica recovers from
+//! its own, and afterwards all three are killed and restarted at once on theirs. Every
+//! restart is also timed until `/health` counts every key, followed by a read of every key
+//! ([`recovery`]), and a durable one is explained by its log (reading and decoding the
+//! directory, then writing the fresh snapshot).
+//!
+//! The replicas are a [`LocalCluster`] of the shared launcher, their logs (and data
+//! directories) in a temporary directory; it kills them when dropped, and the run stops at
+//! Ctrl-C or SIGTERM, so no replica outlives the benchmark.
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::driver::{Driver, DriverConfig, Target};
 use super::load::{self, Prepopulation};
+use super::pressure::{self, UnderWrites};
 use super::progress::{Progress, group_digits};
+use super::recovery::{self, RecoveryLog, Scan};
 use super::{BenchArgs, BenchError};
 use crate::tools::client::{Client, ClientError, Outcome, Session};
 use crate::tools::launcher::{self, Launch, LocalCluster};
@@ -56,7 +66,16 @@ pub struct ScaleReport {
     pub load: Prepopulation,
     pub load_ops_per_sec: f64,
     pub replicas: Vec<ReplicaMemory>,
+    /// Whether the replicas had data directories (`--durable`).
+    #[serde(default)]
+    pub durable: bool,
+    /// Reads under a write load on the loaded store (`--under-writes`).
+    #[serde(default)]
+    pub under_writes: Option<UnderWrites>,
     pub restart: Restart,
+    /// All three replicas killed and restarted on their data directories (`--durable`).
+    #[serde(default)]
+    pub restart_all: Option<RestartAll>,
 }
 
 /// One replica's memory, in MiB.
@@ -91,6 +110,15 @@ pub struct Restart {
     /// Sessions whose last write it served, out of `sessions`.
     pub sessions_verified: usize,
     pub sessions: usize,
+    /// Seconds until its `/health` counted every key.
+    #[serde(default)]
+    pub every_key_s: Option<f64>,
+    /// A read of every key from it, once it held them.
+    #[serde(default)]
+    pub scan: Option<Scan>,
+    /// What its log says of its recovery from its data directory (`--durable`).
+    #[serde(default)]
+    pub from_disk: Option<RecoveryLog>,
     /// Peak resident memory of each replica while the restarted one recovered, sampled
     /// every 100 ms (MiB).
     pub peak_rss_mib: Vec<(String, f64)>,
@@ -128,7 +156,7 @@ pub async fn run(args: &BenchArgs) -> Result<(), BenchError> {
 }
 
 async fn scale(args: &BenchArgs) -> Result<ScaleReport, BenchError> {
-    let mut cluster = Replicas::start(REPLICAS)?;
+    let mut cluster = Replicas::start(REPLICAS, args.durable)?;
     let client = Client::new(REQUEST_TIMEOUT).map_err(|e| BenchError::Setup(e.to_string()))?;
     note(
         args,
@@ -155,8 +183,27 @@ async fn scale(args: &BenchArgs) -> Result<ScaleReport, BenchError> {
         .iter()
         .map(|k| (k.len() + args.value_size) as u64)
         .sum();
+    let under_writes = match args.under_writes {
+        Some(duration) => {
+            note(args, &format!("reads under writes for {duration:?}"));
+            Some(pressure::run(args, &cluster.addrs, REQUEST_TIMEOUT, duration).await?)
+        }
+        None => None,
+    };
+    let expected = Expected {
+        checks: &checks,
+        keys: &keys,
+        value_size: args.value_size,
+        concurrency: args.concurrency,
+    };
     note(args, "killing and restarting one replica");
-    let restart = restart(&mut cluster, &client, &checks, args.value_size).await?;
+    let restart = restart(&mut cluster, &client, &expected).await?;
+    let restart_all = if args.durable {
+        note(args, "killing and restarting all replicas");
+        Some(restart_all(&mut cluster, &client, &expected).await?)
+    } else {
+        None
+    };
     if args.keep_logs {
         note(
             args,
@@ -173,7 +220,10 @@ async fn scale(args: &BenchArgs) -> Result<ScaleReport, BenchError> {
         load_ops_per_sec: load.keys as f64 / load.seconds.max(1e-9),
         load,
         replicas: memory_report(&cluster.addrs, &empty, &loaded, raw_bytes),
+        durable: args.durable,
+        under_writes,
         restart,
+        restart_all,
     })
 }
 
@@ -248,43 +298,79 @@ fn memory_report(
         .collect()
 }
 
+/// What a recovered replica must serve: each session's last write, and every key.
+struct Expected<'a> {
+    checks: &'a [Check],
+    keys: &'a Arc<[String]>,
+    value_size: usize,
+    concurrency: usize,
+}
+
+impl Expected<'_> {
+    fn key_count(&self) -> u64 {
+        self.keys.len() as u64
+    }
+
+    /// Reads every key, spread over `addrs`.
+    async fn scan(&self, client: &Client, addrs: &[String]) -> Scan {
+        let deadline = Instant::now() + RECOVERY_DEADLINE;
+        let (keys, size) = (self.keys, self.value_size);
+        recovery::scan(client, addrs, keys, size, self.concurrency, deadline).await
+    }
+
+    /// How many sessions' last writes were served (session `i`'s at `addrs[i % len]`),
+    /// each polled until `deadline`.
+    async fn verify(&self, client: &Client, addrs: &[String], deadline: Instant) -> usize {
+        let mut verified = 0;
+        for (i, check) in self.checks.iter().enumerate() {
+            let addr = &addrs[i % addrs.len().max(1)];
+            if until(deadline, || serves(client, addr, check, self.value_size)).await {
+                verified += 1;
+            }
+        }
+        verified
+    }
+}
+
 /// Kills the last replica, restarts it, and times its recovery.
 async fn restart(
     cluster: &mut Replicas,
     client: &Client,
-    checks: &[Check],
-    value_size: usize,
+    expected: &Expected<'_>,
 ) -> Result<Restart, BenchError> {
     let victim = REPLICAS - 1;
     let addr = cluster.addrs[victim].clone();
+    let targets = [addr.clone()];
     cluster.processes.kill(victim);
+    let spawned = SystemTime::now();
     cluster.processes.start(victim)?;
     let started = Instant::now();
+    let since = move || started.elapsed().as_secs_f64();
     let deadline = started + RECOVERY_DEADLINE;
     let sampler = Sampler::start(cluster.processes.pids());
     let answers_s = until(deadline, || async { client.view(&addr).await.is_ok() })
         .await
-        .then(|| started.elapsed().as_secs_f64());
-    let first = checks.first();
-    let serves_s = match first {
-        Some(check) => until(deadline, || serves(client, &addr, check, value_size))
-            .await
-            .then(|| started.elapsed().as_secs_f64()),
+        .then(since);
+    let serves_s = match expected.checks.first() {
+        Some(check) => until(deadline, || {
+            serves(client, &addr, check, expected.value_size)
+        })
+        .await
+        .then(since),
         None => None,
     };
-    let mut verified = 0;
-    for check in checks {
-        if until(deadline, || serves(client, &addr, check, value_size)).await {
-            verified += 1;
-        }
-    }
-    let whole_store_s = (verified == checks.len()).then(|| started.elapsed().as_secs_f64());
+    let verified = expected.verify(client, &targets, deadline).await;
+    let whole_store_s = (verified == expected.checks.len()).then(since);
+    let every_key_s = recovery::until_every_key(client, &addr, expected.key_count(), deadline)
+        .await
+        .then(since);
     let in_every_view_s = until(deadline, || cluster.all_listed(client))
         .await
-        .then(|| started.elapsed().as_secs_f64());
+        .then(since);
     let peaks = sampler.stop().await;
     let after = cluster.memory_all()?;
     let recovered = after[victim];
+    let scan = expected.scan(client, &targets).await;
     let settled = settled_memory(cluster).await?;
     Ok(Restart {
         addr,
@@ -293,13 +379,103 @@ async fn restart(
         whole_store_s,
         in_every_view_s,
         sessions_verified: verified,
-        sessions: checks.len(),
+        sessions: expected.checks.len(),
+        every_key_s,
+        scan: Some(scan),
+        from_disk: cluster
+            .durable
+            .then(|| cluster.recovery_log(victim, spawned)),
         peak_rss_mib: cluster.by_addr(peaks),
         hwm_after_mib: cluster.by_addr(after.iter().map(Memory::peak_mib)),
         recovered_rss_mib: recovered.rss_mib(),
         recovered_peak_mib: recovered.peak_mib(),
         settled_rss_mib: cluster.by_addr(settled.iter().map(Memory::rss_mib)),
     })
+}
+
+/// Kills every replica, restarts them all on their data directories, and times their
+/// recovery (each replica polled on its own task, so that none waits for another).
+async fn restart_all(
+    cluster: &mut Replicas,
+    client: &Client,
+    expected: &Expected<'_>,
+) -> Result<RestartAll, BenchError> {
+    cluster.processes.kill_all();
+    let spawned = SystemTime::now();
+    cluster.processes.start_all()?;
+    let started = Instant::now();
+    let since = move || started.elapsed().as_secs_f64();
+    let deadline = started + RECOVERY_DEADLINE;
+    let mut pollers = tokio::task::JoinSet::new();
+    for (i, addr) in cluster.addrs.iter().cloned().enumerate() {
+        let (client, keys) = (client.clone(), expected.key_count());
+        pollers.spawn(async move {
+            let answers = until(deadline, || async { client.view(&addr).await.is_ok() }).await;
+            let answers_s = answers.then(since);
+            let every_key = recovery::until_every_key(&client, &addr, keys, deadline).await;
+            (i, answers_s, every_key.then(since))
+        });
+    }
+    let mut times = vec![(None, None); cluster.addrs.len()];
+    while let Some(joined) = pollers.join_next().await {
+        let (i, answers_s, every_key_s) = joined.map_err(|e| BenchError::Setup(e.to_string()))?;
+        times[i] = (answers_s, every_key_s);
+    }
+    let verified = expected.verify(client, &cluster.addrs, deadline).await;
+    let whole_store_s = (verified == expected.checks.len()).then(since);
+    let in_every_view_s = until(deadline, || cluster.all_listed(client))
+        .await
+        .then(since);
+    let memory = cluster.memory_all()?;
+    let scan = expected.scan(client, &cluster.addrs).await;
+    let replicas = times
+        .into_iter()
+        .zip(&memory)
+        .enumerate()
+        .map(|(i, ((answers_s, every_key_s), memory))| Revived {
+            addr: cluster.addrs[i].clone(),
+            answers_s,
+            every_key_s,
+            from_disk: cluster.recovery_log(i, spawned),
+            rss_mib: memory.rss_mib(),
+            peak_mib: memory.peak_mib(),
+        })
+        .collect();
+    Ok(RestartAll {
+        replicas,
+        whole_store_s,
+        sessions_verified: verified,
+        sessions: expected.checks.len(),
+        in_every_view_s,
+        scan,
+    })
+}
+
+/// All replicas killed at once and restarted on their data directories.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RestartAll {
+    pub replicas: Vec<Revived>,
+    /// Seconds until every session's last write was served (each session's at one
+    /// replica, in turn).
+    pub whole_store_s: Option<f64>,
+    pub sessions_verified: usize,
+    pub sessions: usize,
+    /// Seconds until every replica lists every replica again.
+    pub in_every_view_s: Option<f64>,
+    /// A read of every key, spread over the replicas.
+    pub scan: Scan,
+}
+
+/// One restarted replica of [`RestartAll`]; seconds since the restart.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Revived {
+    pub addr: String,
+    pub answers_s: Option<f64>,
+    pub every_key_s: Option<f64>,
+    pub from_disk: RecoveryLog,
+    /// Its resident memory once every replica holds every key, and its peak (MiB).
+    pub rss_mib: f64,
+    pub peak_mib: f64,
 }
 
 /// Every replica's memory once none has changed by more than 1% for [`SETTLE_QUIET`]
@@ -433,24 +609,42 @@ struct Replicas {
     processes: LocalCluster,
     addrs: Vec<String>,
     dir: PathBuf,
+    /// Whether each has a data directory (`DIR/data-I`).
+    durable: bool,
 }
 
 impl Replicas {
     /// Starts `n` replicas of this binary on free loopback ports, logging to a fresh
-    /// temporary directory.
-    fn start(n: usize) -> Result<Replicas, BenchError> {
+    /// temporary directory, and each with a data directory there when `durable`.
+    fn start(n: usize, durable: bool) -> Result<Replicas, BenchError> {
         let dir = std::env::temp_dir().join(format!("causalkv-scale-{}", std::process::id()));
-        let mut processes = Launch::new(launcher::free_loopback_addrs(n)?)
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut launch = Launch::new(launcher::free_loopback_addrs(n)?)
             .name("scale")
-            .log_dir(&dir)
-            .build();
+            .log_dir(&dir);
+        if durable {
+            for i in 0..n {
+                let data = dir.join(format!("data-{i}"));
+                std::fs::create_dir_all(&data)?;
+                launch =
+                    launch.replica_args(i, [std::ffi::OsString::from("--data-dir"), data.into()]);
+            }
+        }
+        let mut processes = launch.build();
         processes.start_all()?;
         let addrs = processes.addrs().iter().map(ToString::to_string).collect();
         Ok(Replicas {
             processes,
             addrs,
             dir,
+            durable,
         })
+    }
+
+    /// What replica `i`'s log says of its latest recovery, its process started at
+    /// `spawned`.
+    fn recovery_log(&self, i: usize, spawned: SystemTime) -> RecoveryLog {
+        RecoveryLog::of(&self.processes.log_text(i), spawned)
     }
 
     fn memory(&self, i: usize) -> Result<Memory, BenchError> {
@@ -507,9 +701,14 @@ impl ScaleReport {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let raw_mib = self.raw_bytes as f64 / MIB;
+        let mode = if self.durable {
+            "durable: a data directory per replica"
+        } else {
+            "in memory"
+        };
         let _ = writeln!(
             out,
-            "scale: {} keys × {}-byte values = {:.1} MiB raw (keys + values)",
+            "scale: {} keys × {}-byte values = {:.1} MiB raw (keys + values), {mode}",
             group_digits(self.keys),
             self.value_size,
             raw_mib
@@ -539,18 +738,101 @@ impl ScaleReport {
                 r.growth_over_raw
             );
         }
-        out.push_str(&self.restart.render());
+        if let Some(under_writes) = &self.under_writes {
+            out.push_str(&under_writes.render());
+        }
+        out.push_str(&self.restart.render(self.raw_bytes));
+        if let Some(all) = &self.restart_all {
+            out.push_str(&all.render(self.raw_bytes));
+        }
+        out
+    }
+}
+
+/// `12.34 s`, or `never`.
+fn secs(s: Option<f64>) -> String {
+    s.map_or("never".to_string(), |s| format!("{s:.2} s"))
+}
+
+/// `MiB (ratio× raw)`.
+fn mib_of_raw(mib: f64, raw_bytes: u64) -> String {
+    format!(
+        "{mib:.1} MiB ({:.2}× raw)",
+        mib * MIB / raw_bytes.max(1) as f64
+    )
+}
+
+impl Scan {
+    fn render(&self) -> String {
+        format!(
+            "{}/{} keys served in {:.1} s",
+            group_digits(self.served),
+            group_digits(self.keys),
+            self.seconds
+        )
+    }
+}
+
+impl RecoveryLog {
+    /// `recovered N records (K keys) at T, wrote a B-byte snapshot at T` from the log.
+    fn render(&self) -> String {
+        let count = |n: Option<u64>| n.map_or("?".to_string(), group_digits);
+        format!(
+            "read and decoded {} records ({} keys) by {}, wrote a {} MiB snapshot by {}",
+            count(self.records),
+            count(self.keys),
+            secs(self.recovered_s),
+            self.snapshot_bytes
+                .map_or("?".to_string(), |b| format!("{:.1}", b as f64 / MIB)),
+            secs(self.snapshot_s)
+        )
+    }
+}
+
+impl RestartAll {
+    fn render(&self, raw_bytes: u64) -> String {
+        let mut out = String::from(
+            "
+restart of all replicas (killed, started on their data directories):
+",
+        );
+        for r in &self.replicas {
+            let _ = writeln!(
+                out,
+                "  {:<18}answers {}, every key by {}, memory {} (peak {:.1} MiB)",
+                r.addr,
+                secs(r.answers_s),
+                secs(r.every_key_s),
+                mib_of_raw(r.rss_mib, raw_bytes),
+                r.peak_mib
+            );
+            let _ = writeln!(out, "  {:<18}log: {}", "", r.from_disk.render());
+        }
+        let _ = writeln!(
+            out,
+            "  holds every session's data  {} ({}/{} sessions)",
+            secs(self.whole_store_s),
+            self.sessions_verified,
+            self.sessions
+        );
+        let _ = writeln!(
+            out,
+            "  in every view after         {}",
+            secs(self.in_every_view_s)
+        );
+        let _ = writeln!(out, "  read of every key           {}", self.scan.render());
         out
     }
 }
 
 impl Restart {
-    fn render(&self) -> String {
-        let secs = |s: Option<f64>| s.map_or("never".to_string(), |s| format!("{s:.2} s"));
-        let mut out = format!(
-            "\nrestart of {} (killed, started with empty memory):\n",
-            self.addr
-        );
+    fn render(&self, raw_bytes: u64) -> String {
+        let how = if self.from_disk.is_some() {
+            "started on its data directory"
+        } else {
+            "started with empty memory"
+        };
+        let mut out = format!("\nrestart of {} (killed, {how}):\n", self.addr);
         let _ = writeln!(
             out,
             "  answers GET /view after     {}",
@@ -566,13 +848,25 @@ impl Restart {
         );
         let _ = writeln!(
             out,
-            "  in every view after         {}",
-            secs(self.in_every_view_s)
+            "  /health counts every key    {}",
+            secs(self.every_key_s)
         );
         let _ = writeln!(
             out,
-            "  its memory once recovered   {:.1} MiB (peak {:.1} MiB)",
-            self.recovered_rss_mib, self.recovered_peak_mib
+            "  in every view after         {}",
+            secs(self.in_every_view_s)
+        );
+        if let Some(log) = &self.from_disk {
+            let _ = writeln!(out, "  its log                     {}", log.render());
+        }
+        if let Some(scan) = &self.scan {
+            let _ = writeln!(out, "  read of every key from it   {}", scan.render());
+        }
+        let _ = writeln!(
+            out,
+            "  its memory once recovered   {} (peak {:.1} MiB)",
+            mib_of_raw(self.recovered_rss_mib, raw_bytes),
+            self.recovered_peak_mib
         );
         let _ = writeln!(
             out,
@@ -666,12 +960,28 @@ mod tests {
                 in_every_view_s: None,
                 sessions_verified: 4,
                 sessions: 4,
+                every_key_s: Some(0.6),
+                scan: Some(Scan {
+                    keys: 1000,
+                    served: 1000,
+                    seconds: 0.2,
+                }),
+                from_disk: Some(RecoveryLog {
+                    recovered_s: Some(0.05),
+                    records: Some(1000),
+                    keys: Some(1000),
+                    snapshot_s: Some(0.08),
+                    snapshot_bytes: Some(3 * 1024 * 1024),
+                }),
                 peak_rss_mib: vec![("127.0.0.1:1".into(), 7.0)],
                 hwm_after_mib: vec![("127.0.0.1:1".into(), 7.5)],
                 recovered_rss_mib: 6.0,
                 recovered_peak_mib: 6.1,
                 settled_rss_mib: vec![("127.0.0.1:1".into(), 5.5)],
             },
+            durable: true,
+            under_writes: None,
+            restart_all: None,
         };
         let text = report.render();
         assert!(text.contains("1,000 keys × 32-byte values"), "{text}");
@@ -681,5 +991,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("in every view after         never"), "{text}");
+        assert!(
+            text.contains("durable: a data directory per replica"),
+            "{text}"
+        );
+        assert!(
+            text.contains("read and decoded 1,000 records (1,000 keys) by 0.05 s, wrote a 3.0 MiB snapshot by 0.08 s"),
+            "{text}"
+        );
+        assert!(text.contains("1,000/1,000 keys served in 0.2 s"), "{text}");
+        let json = serde_json::to_string(&report).expect("encodes");
+        let back: ScaleReport = serde_json::from_str(&json).expect("decodes");
+        assert_eq!(back, report);
     }
 }
