@@ -465,6 +465,81 @@ mod tests {
         );
     }
 
+    /// The longest calls on a store of 1,000,000 keys of 32-byte values: loads it in a
+    /// random order, then overwrites 200,000 random keys, timing every call, and prints
+    /// the maximum and the 99.9th percentile of each phase, the write rate and the bytes
+    /// per key. A measurement, not a check (run it with `--release --ignored --nocapture`).
+    #[test]
+    #[ignore = "a measurement: slow in debug builds"]
+    fn call_durations_at_a_million_keys() {
+        use rand::seq::SliceRandom;
+        use rand::{Rng, SeedableRng};
+        const KEYS: u64 = 1_000_000;
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let value = b"\"0123456789abcdef0123456789abcd\"";
+        let mut keys: Vec<u64> = (0..KEYS).collect();
+        keys.shuffle(&mut rng);
+        let mut table = Table::default();
+        let mut seq = 0;
+        let mut timed = |table: &mut Table, key: u64| {
+            seq += 1;
+            let key = format!("k{key}");
+            let start = std::time::Instant::now();
+            table.upsert(key.as_bytes(), version(seq), value);
+            start.elapsed()
+        };
+        let load: Vec<_> = keys.iter().map(|&key| timed(&mut table, key)).collect();
+        report("load, 1M upserts", load);
+        let idle: Vec<_> = (0..10_000)
+            .map(|_| timed_call(|| table.maintain()))
+            .collect();
+        report("maintain x 10,000", idle);
+        let raw: usize = (0..KEYS)
+            .map(|key| format!("k{key}").len() + value.len())
+            .sum();
+        println!(
+            "at rest: {} segments, {:.1} bytes per key, {:.2}x raw",
+            table.segments.len(),
+            table.bytes() as f64 / KEYS as f64,
+            table.bytes() as f64 / raw as f64
+        );
+        let writes: Vec<_> = (0..200_000)
+            .map(|_| timed(&mut table, rng.random_range(0..KEYS)))
+            .collect();
+        report("200k random overwrites", writes);
+        let reads: Vec<_> = (0..200_000)
+            .map(|_| {
+                let key = format!("k{}", rng.random_range(0..KEYS));
+                timed_call(|| table.get(key.as_bytes()).is_some())
+            })
+            .collect();
+        report("200k random reads", reads);
+        println!(
+            "after the overwrites: {:.1} bytes per key",
+            table.bytes() as f64 / KEYS as f64
+        );
+    }
+
+    fn timed_call<T>(call: impl FnOnce() -> T) -> std::time::Duration {
+        let start = std::time::Instant::now();
+        std::hint::black_box(call());
+        start.elapsed()
+    }
+
+    /// Prints the maximum, 99.9th percentile and total of `durations`.
+    fn report(what: &str, mut durations: Vec<std::time::Duration>) {
+        let total: std::time::Duration = durations.iter().sum();
+        durations.sort();
+        let at = |q: f64| durations[((durations.len() - 1) as f64 * q) as usize];
+        println!(
+            "{what}: max {:?}, p99.9 {:?}, p99 {:?}, {:.0} calls/s",
+            at(1.0),
+            at(0.999),
+            at(0.99),
+            durations.len() as f64 / total.as_secs_f64()
+        );
+    }
+
     #[test]
     fn overwritten_large_values_free_their_slots() {
         let mut table = tiny();
