@@ -318,8 +318,9 @@ impl Run<'_> {
 
     /// Whether the run takes in the next segment (whose keys are below `upper`): until it
     /// has taken a change; then, within budget, if a change ahead falls in it or the
-    /// output would close small; and, once over budget by less than a segment, only in
-    /// the latter case (it is copied as it is).
+    /// output would close small; and, over budget by less than a segment, only to absorb
+    /// a segment without changes when the output would close small (a run starting at
+    /// the next change absorbs a small segment before it).
     fn goes_on(&self, upper: Option<&[u8]>) -> bool {
         if !self.taken {
             return true;
@@ -327,14 +328,14 @@ impl Run<'_> {
         let limits = &self.merged.limits;
         let small =
             !self.merged.builder.is_empty() && limits.is_small(self.merged.builder.byte_len());
-        if self.spent >= self.budget {
-            return small && self.spent < self.budget + limits.segment_bytes;
-        }
         let touched = self
             .pending
             .first_ahead()
             .is_some_and(|key| below(key, upper));
-        touched || small
+        match self.spent < self.budget {
+            true => touched || small,
+            false => small && !touched && self.spent < self.budget + limits.segment_bytes,
+        }
     }
 
     /// The next change ahead, if its key is within `upper` and the budget allows.
@@ -352,7 +353,6 @@ impl Run<'_> {
     /// that fall in it: a change replaces the segment's record of its key (freeing its
     /// slab slot), a removal drops it.
     fn merge(&mut self, segment: &Segment, upper: Option<&[u8]>) {
-        self.spent += segment.bytes();
         let mut cursor = segment.cursor();
         while let Some(raw) = cursor.next() {
             let key = cursor.key();
@@ -372,6 +372,9 @@ impl Run<'_> {
         while let Some((k, change)) = self.take(upper) {
             self.merged.push_change(&k, change, self.large);
         }
+        // Counted last, so that the budget checks only the changes taken: a segment
+        // begun within budget takes all of its own, up to the budget's worth.
+        self.spent += segment.bytes();
     }
 }
 
