@@ -253,7 +253,7 @@ impl Replica {
     }
 
     /// Housekeeping for an idle moment (see [`Store::maintain`]); returns whether the
-    /// store packed recent writes.
+    /// store finished packing recent writes.
     pub fn maintain(&mut self) -> bool {
         self.store.maintain()
     }

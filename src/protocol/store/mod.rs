@@ -18,6 +18,7 @@
 //! stable cut and the horizon, see `replica` and docs/ARCHITECTURE.md, "Tombstones").
 
 mod incarnations;
+mod pending;
 mod record;
 mod segment;
 mod slab;
@@ -142,8 +143,9 @@ impl Store {
         }
     }
 
-    /// Housekeeping for an idle moment: packs recent writes (see `table`); returns whether
-    /// it did. Cheap when there is nothing to do.
+    /// Housekeeping for an idle moment: packs recent writes, a bounded step per call (see
+    /// `table`); returns whether the store is now packed. Cheap when there is nothing to
+    /// do.
     pub fn maintain(&mut self) -> bool {
         self.records.maintain()
     }

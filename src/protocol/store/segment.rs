@@ -4,7 +4,7 @@
 //! [`RESTART_INTERVAL`]th one (a restart point), whose offset is kept in a small index. A
 //! lookup binary-searches the restart points, then decodes at most one interval.
 //! Segments are only ever built whole by a [`Builder`], never edited: the store rewrites
-//! the segments a batch of writes touches (see `table`), so memory holds their bytes and
+//! the segments a merge step's changes fall in, a few at a time (see `table`), so memory holds their bytes and
 //! next to nothing else.
 
 use super::record::{self, Cursor, Raw};
