@@ -1,10 +1,13 @@
-//! The on-disk framing of journal records: `[length u32 LE][CRC-32 u32 LE][JSON record]`.
+//! The on-disk framing of journal records: `[length u32 LE][CRC-32 u32 LE][record]`, the
+//! record in the binary encoding of `codec`, the CRC-32 over the record's bytes.
 //!
 //! Decoding tells a torn tail from corruption. A crash in the middle of an append leaves
 //! the last frame short or with a bad checksum, and nothing after it: that tail is cut
 //! off. A bad frame with more bytes after it cannot come from a crash: it is corruption,
-//! reported with its offset, and recovery stops.
+//! reported with its offset, and recovery stops. So is a frame whose checksum holds but
+//! whose bytes are not a record (`codec` refuses them without panicking).
 
+use super::codec;
 use crate::protocol::journal::Record;
 
 /// Bytes before a frame's payload.
@@ -13,14 +16,16 @@ pub const HEADER: usize = 8;
 /// values are bounded by the request body limit).
 pub const MAX_PAYLOAD: usize = 256 * 1024 * 1024;
 
-/// Appends the frame of `record` to `out`.
+/// Appends the frame of `record` to `out`: the header is written once the record is.
 pub fn encode(record: &Record, out: &mut Vec<u8>) {
-    // A record holds strings, numbers and raw JSON values: it always serializes.
-    let payload = serde_json::to_vec(record).unwrap_or_default();
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER]);
+    codec::encode(record, out);
+    let payload = &out[start + HEADER..];
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
+    let crc = crc32fast::hash(payload);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// How the bytes ended.
@@ -58,10 +63,10 @@ pub fn decode(bytes: &[u8]) -> (Vec<Record>, usize, End) {
             let why = "checksum mismatch".to_string();
             return (records, offset, bad(offset, rest.len(), HEADER + len, why));
         }
-        match serde_json::from_slice(payload) {
+        match codec::decode(payload) {
             Ok(record) => records.push(record),
             Err(error) => {
-                let why = format!("a checked frame does not parse: {error}");
+                let why = format!("a checked frame is not a record: {error}");
                 return (records, offset, End::Corrupt { offset, why });
             }
         }
@@ -84,6 +89,7 @@ mod tests {
     use super::*;
     use crate::protocol::causal::{Clock, Incarnation};
     use crate::protocol::store::tests::entry;
+    use crate::server::storage::codec::tests::same;
     use proptest::prelude::*;
 
     fn record(i: u64) -> Record {
@@ -110,10 +116,6 @@ mod tests {
             ends.push(bytes.len());
         }
         (bytes, ends)
-    }
-
-    fn same(a: &[Record], b: &[Record]) -> bool {
-        serde_json::to_string(a).ok() == serde_json::to_string(b).ok()
     }
 
     #[test]

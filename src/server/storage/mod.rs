@@ -23,6 +23,7 @@
 //! the process; with `always` it also survives a power loss. A failed write is reported
 //! as an error, the file is cut back to its last whole frame, and the batch is retried.
 
+pub mod codec;
 pub mod frame;
 
 use std::fs::{self, File, OpenOptions};
