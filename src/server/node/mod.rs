@@ -261,6 +261,8 @@ impl Node {
                 Some(key) => after = Some(key),
                 None => break,
             }
+            // Let the threads that waited for the lock take it before the next piece.
+            std::thread::yield_now();
         }
         journal.end_snapshot();
     }

@@ -464,10 +464,11 @@ fn measure_recovery_of_a_million_keys() {
     });
     holds.sort();
     eprintln!(
-        "snapshot of 1M keys: {:?} in {} pieces; hold median {:?}, max {:?}",
+        "snapshot of 1M keys: {:?} in {} pieces; hold median {:?}, p99 {:?}, max {:?}",
         began.elapsed(),
         holds.len(),
         holds[holds.len() / 2],
+        holds[holds.len() * 99 / 100],
         holds[holds.len() - 1]
     );
     drop(journal);
@@ -521,8 +522,11 @@ fn measure_disk_under_churn() {
             .map(|m| m.len())
             .sum()
     };
-    let (mut peak, mut snapshots, mut seq) = (0, 0, 0);
-    for i in 0..10_000_000u64 {
+    let (mut peak, mut snapshots, mut seq, mut durable) = (0, 0, 0, 0);
+    let writes: u64 = (std::env::var("CHURN_WRITES").ok())
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(10_000_000);
+    for i in 0..writes {
         let key: crate::protocol::store::Key = format!("key-{:05}", i % 10_000).into();
         let value = (i % 3 != 0)
             .then(|| value_from_json(&format!("\"{i:030}\"")).unwrap())
@@ -532,13 +536,22 @@ fn measure_disk_under_churn() {
             let records = replica.take_journal();
             seq += records.len() as Seq;
             journal.append(seq, records);
+            // As under the node, writers wait for the disk: at most 10 batches ahead.
             let mut journal_bytes = 0;
-            while let Ok(report) = rx.try_recv() {
-                if let Report::Durable {
-                    journal_bytes: b, ..
-                } = report
-                {
-                    journal_bytes = b;
+            loop {
+                let report = match durable + 10_000 < seq {
+                    true => rx.recv_timeout(Duration::from_secs(10)).ok(),
+                    false => rx.try_recv().ok(),
+                };
+                match report {
+                    Some(Report::Durable {
+                        upto,
+                        journal_bytes: b,
+                    }) => {
+                        (durable, journal_bytes) = (upto, b);
+                    }
+                    Some(Report::Failed(error)) => panic!("{error}"),
+                    None => break,
                 }
             }
             if wants_compaction(journal_bytes, replica.store().bytes() as u64)
@@ -564,8 +577,12 @@ fn measure_disk_under_churn() {
     }
     wait_durable(&rx, seq);
     let end = dir_bytes();
+    for entry in fs::read_dir(&dir).unwrap().flatten() {
+        let bytes = entry.metadata().map_or(0, |m| m.len());
+        eprintln!("  {:?}: {bytes} bytes", entry.file_name());
+    }
     eprintln!(
-        "churn: 10M writes over 10k keys: {snapshots} snapshots; directory at the end {} KB, \
+        "churn: {writes} writes over 10k keys: {snapshots} snapshots; directory at the end {} KB, \
          largest seen {} KB; store {} KB ({} live keys)",
         end / 1000,
         peak.max(end) / 1000,
@@ -573,5 +590,33 @@ fn measure_disk_under_churn() {
         replica.store().live_keys()
     );
     drop(journal);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Measures the recovery of a journal of 1 GiB of 64 KiB values (run in release, like
+/// `measure_recovery_of_a_million_keys`).
+#[test]
+#[ignore]
+fn measure_recovery_of_a_gibibyte_of_large_values() {
+    use crate::protocol::causal::Limits;
+    use crate::protocol::store::value_from_json;
+    let dir = dir("measure-large");
+    let mut replica = crate::protocol::replica::Replica::with_journal("10.0.0.1:1".into(), 16, []);
+    replica.start_incarnation(1);
+    let limits = Limits::at(crate::server::wallclock::now_micros());
+    let (journal, rx) = start_real(&dir, 0, Fsync::Never);
+    let text = format!("\"{}\"", "x".repeat(64 * 1024 - 2));
+    let mut seq = 0;
+    for i in 0..16_384u64 {
+        let value = value_from_json(&text).unwrap();
+        let key = format!("key-{i:08}").into();
+        replica.write(key, value, &Clock::new(), &limits).unwrap();
+        let records = replica.take_journal();
+        seq += records.len() as Seq;
+        journal.append(seq, records);
+    }
+    wait_durable(&rx, seq);
+    drop(journal);
+    time_recovery("journal of 16k × 64 KiB", &journal_path(&dir, 0));
     let _ = fs::remove_dir_all(&dir);
 }
