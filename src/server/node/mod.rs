@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -35,12 +36,16 @@ use crate::server::config::Config;
 use crate::server::health::Health;
 use crate::server::metrics::Metrics;
 use crate::server::peer::{self, PeerClient, PeerSettings};
-use crate::server::storage::{self, Journal, Report, StorageError};
+use crate::server::storage::{self, Journal, Policy, Report, StorageError};
 use crate::server::tls::TlsError;
 use crate::server::trust::Trust;
 use crate::server::wallclock::now_micros;
 
 pub use crate::protocol::machine::NodeError;
+
+/// About how many bytes of store entries one piece of a snapshot takes (one hold of the
+/// lock each).
+const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
 
 /// Where a reply goes: the request handler waiting for it.
 pub type Waiter = oneshot::Sender<Reply>;
@@ -58,6 +63,8 @@ pub struct Node {
     pub config: Config,
     /// The journal's writer, with a data directory.
     journal: Option<Journal>,
+    /// A snapshot is being taken.
+    compacting: AtomicBool,
     /// Its reports, until `start` takes them.
     reports: Mutex<Option<mpsc::UnboundedReceiver<Report>>>,
     machine: Mutex<Machine<Waiter>>,
@@ -106,6 +113,7 @@ impl Node {
         Ok(Arc::new_cyclic(|this| Node {
             config,
             journal,
+            compacting: AtomicBool::new(false),
             reports: Mutex::new(Some(rx)),
             machine: Mutex::new(machine),
             trust,
@@ -229,13 +237,43 @@ impl Node {
         clients.insert(peer.clone(), fresh);
     }
 
-    /// Writes a snapshot of the state and starts a new journal (queued under the lock,
-    /// so that it follows every record before it and precedes every record after).
+    /// Compacts the journal into a snapshot taken in pieces (see `storage`), unless one
+    /// is under way: the head is queued under the lock, so that appends before it stay
+    /// in the old journal and appends after it go to the new one; then each chunk is
+    /// taken under its own short hold of the lock, on a blocking thread.
     fn compact(&self) {
-        let machine = self.lock();
-        if let Some(journal) = &self.journal {
-            journal.snapshot(machine.replica().snapshot_records());
+        let (Some(node), Some(journal)) = (self.this.upgrade(), &self.journal) else {
+            return;
+        };
+        if self.compacting.swap(true, Ordering::AcqRel) {
+            return;
         }
+        journal.begin_snapshot(self.lock().replica().snapshot_head());
+        tokio::task::spawn_blocking(move || {
+            node.snapshot_chunks();
+            node.compacting.store(false, Ordering::Release);
+        });
+    }
+
+    /// Sends the store to the journal's writer in chunks, releasing the lock between
+    /// them, then ends the snapshot.
+    fn snapshot_chunks(&self) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        let mut after = None;
+        loop {
+            let (records, next) =
+                (self.lock().replica()).snapshot_chunk(after.as_deref(), SNAPSHOT_CHUNK_BYTES);
+            journal.snapshot_chunk(records);
+            match next {
+                Some(key) => after = Some(key),
+                None => break,
+            }
+            // Let the threads that waited for the lock take it before the next piece.
+            std::thread::yield_now();
+        }
+        journal.end_snapshot();
     }
 
     /// A snapshot of this replica (`/health`, `/ready`, the gauges).
@@ -361,6 +399,7 @@ fn open_data_dir(
     dir: &std::path::Path,
     reports: mpsc::UnboundedSender<Report>,
 ) -> Result<(Machine<Waiter>, Journal), StorageError> {
+    let began = std::time::Instant::now();
     let recovered = storage::recover(dir)?;
     if recovered.torn_bytes > 0 {
         tracing::warn!(
@@ -371,14 +410,12 @@ fn open_data_dir(
     let records = recovered.records.len();
     let machine = Machine::durable(settings(config), recovered.records);
     let keys = machine.replica().store().live_keys();
-    tracing::info!(dir = %dir.display(), records, keys, fsync = ?config.fsync, "recovered the data directory");
-    let snapshot = machine.replica().snapshot_records();
+    let ms = began.elapsed().as_millis() as u64;
+    tracing::info!(dir = %dir.display(), records, keys, ms, fsync = ?config.fsync, "recovered the data directory");
     let journal = storage::start(
         dir.to_path_buf(),
         recovered.generation,
-        snapshot,
-        config.fsync,
-        config.fsync_interval,
+        Policy::new(config.fsync, config.fsync_interval),
         move |report| {
             let _ = reports.send(report);
         },
@@ -387,9 +424,8 @@ fn open_data_dir(
 }
 
 /// Carries the journal writer's reports into the machine, and compacts the journal into a
-/// snapshot once it outgrows the store.
+/// snapshot once it outgrows the store (`storage::wants_compaction`).
 async fn run_storage_reports(node: Arc<Node>, mut reports: mpsc::UnboundedReceiver<Report>) {
-    let mut compacting = false;
     while let Some(report) = reports.recv().await {
         match report {
             Report::Durable {
@@ -400,11 +436,9 @@ async fn run_storage_reports(node: Arc<Node>, mut reports: mpsc::UnboundedReceiv
                     m.persisted(upto);
                     m.replica().store().bytes() as u64
                 });
-                let big = journal_bytes > storage::COMPACT_MIN_BYTES.max(2 * store_bytes);
-                if big && !compacting {
+                if storage::wants_compaction(journal_bytes, store_bytes) {
                     node.compact();
                 }
-                compacting = big;
             }
             Report::Failed(error) => node.step(|m, _| m.storage_failed(error)),
         }
