@@ -45,7 +45,7 @@ pub use crate::protocol::machine::NodeError;
 
 /// About how many bytes of store entries one piece of a snapshot takes (one hold of the
 /// lock each).
-const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
+const SNAPSHOT_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Where a reply goes: the request handler waiting for it.
 pub type Waiter = oneshot::Sender<Reply>;
@@ -424,19 +424,17 @@ fn open_data_dir(
 }
 
 /// Carries the journal writer's reports into the machine, and compacts the journal into a
-/// snapshot once it outgrows the store (`storage::wants_compaction`).
+/// snapshot once it outgrows half the last one (`storage::wants_compaction`).
 async fn run_storage_reports(node: Arc<Node>, mut reports: mpsc::UnboundedReceiver<Report>) {
     while let Some(report) = reports.recv().await {
         match report {
             Report::Durable {
                 upto,
                 journal_bytes,
+                snapshot_bytes,
             } => {
-                let store_bytes = node.step(|m, _| {
-                    m.persisted(upto);
-                    m.replica().store().bytes() as u64
-                });
-                if storage::wants_compaction(journal_bytes, store_bytes) {
+                node.step(|m, _| m.persisted(upto));
+                if storage::wants_compaction(journal_bytes, snapshot_bytes) {
                     node.compact();
                 }
             }

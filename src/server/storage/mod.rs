@@ -62,17 +62,20 @@ use disk::{Disk, RealDisk};
 
 /// How often a failed write is retried.
 const RETRY: Duration = Duration::from_secs(1);
-/// The journal is compacted into a snapshot once it is larger than the store and than
-/// this floor.
+/// The journal is compacted into a snapshot once it is larger than half the last
+/// snapshot and than this floor.
 pub const COMPACT_MIN_BYTES: u64 = 1024 * 1024;
 /// How many snapshot chunks may wait for the writer before `Journal::snapshot_chunk`
 /// blocks (so that a snapshot never sits in memory whole).
 const QUEUED_CHUNKS: usize = 4;
 
-/// True when a journal of `journal_bytes` should be compacted, for a store of
-/// `store_bytes`: a journal larger than the store is mostly overwritten or deleted data.
-pub fn wants_compaction(journal_bytes: u64, store_bytes: u64) -> bool {
-    journal_bytes > COMPACT_MIN_BYTES.max(store_bytes)
+/// True when a journal of `journal_bytes` should be compacted, after a snapshot of
+/// `snapshot_bytes` (0 when this process has written none yet): the directory then stays
+/// within about 1.5 times the last snapshot (plus the floor), that is within twice the
+/// live data, whatever the churn. (Before the first snapshot of a life the floor decides,
+/// so a restarted replica compacts once early.)
+pub fn wants_compaction(journal_bytes: u64, snapshot_bytes: u64) -> bool {
+    journal_bytes > COMPACT_MIN_BYTES.max(snapshot_bytes / 2)
 }
 
 /// When records are synced to the disk.
@@ -275,7 +278,12 @@ fn remove_below<D: Disk>(disk: &D, dir: &Path, listing: &Listing, base: u64) {
 #[derive(Debug)]
 pub enum Report {
     /// Every record up to this position is durable (by the policy's meaning).
-    Durable { upto: Seq, journal_bytes: u64 },
+    Durable {
+        upto: Seq,
+        journal_bytes: u64,
+        /// The size of the last snapshot this writer completed (0: none yet).
+        snapshot_bytes: u64,
+    },
     /// Writing failed; the batch is kept and retried.
     Failed(String),
 }
@@ -411,6 +419,7 @@ pub fn start_on<D: Disk>(
         last_sync: Instant::now(),
         dirty: false,
         snapshot: None,
+        snapshot_bytes: 0,
         chunks: chunks.clone(),
     };
     let (tx, rx) = mpsc::channel();
@@ -445,6 +454,8 @@ struct Writer<D: Disk> {
     /// Written but not synced.
     dirty: bool,
     snapshot: Option<Snapshot<D::File>>,
+    /// The size of the last snapshot completed.
+    snapshot_bytes: u64,
     chunks: Arc<ChunkQueue>,
 }
 
@@ -471,10 +482,10 @@ impl<D: Disk> Writer<D> {
                 match self.append(&pending) {
                     Ok(()) => {
                         pending.clear();
-                        let journal_bytes = self.good_len;
                         report(Report::Durable {
                             upto,
-                            journal_bytes,
+                            journal_bytes: self.good_len,
+                            snapshot_bytes: self.snapshot_bytes,
                         });
                     }
                     Err(error) => {
@@ -638,6 +649,7 @@ impl<D: Disk> Writer<D> {
         self.disk.sync_dir(&self.dir).map_err(io_error(&self.dir))?;
         let listing = list(&self.disk, &self.dir)?;
         remove_below(&self.disk, &self.dir, &listing, generation);
+        self.snapshot_bytes = bytes;
         tracing::info!(generation, records, bytes, "wrote a snapshot");
         Ok(())
     }

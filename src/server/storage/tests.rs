@@ -523,6 +523,7 @@ fn measure_disk_under_churn() {
             .sum()
     };
     let (mut peak, mut snapshots, mut seq, mut durable) = (0, 0, 0, 0);
+    let mut snapshot_bytes = 0;
     let writes: u64 = (std::env::var("CHURN_WRITES").ok())
         .and_then(|w| w.parse().ok())
         .unwrap_or(10_000_000);
@@ -547,14 +548,15 @@ fn measure_disk_under_churn() {
                     Some(Report::Durable {
                         upto,
                         journal_bytes: b,
+                        snapshot_bytes: s,
                     }) => {
-                        (durable, journal_bytes) = (upto, b);
+                        (durable, journal_bytes, snapshot_bytes) = (upto, b, s);
                     }
                     Some(Report::Failed(error)) => panic!("{error}"),
                     None => break,
                 }
             }
-            if wants_compaction(journal_bytes, replica.store().bytes() as u64)
+            if wants_compaction(journal_bytes, snapshot_bytes)
                 && *journal.chunks.queued.lock().unwrap() == 0
             {
                 snapshots += 1;
