@@ -283,10 +283,8 @@ fn a_durable_scale_report_restarts_from_disk_and_reads_under_writes() {
     );
     let disk = r.restart.from_disk.as_ref().expect("the restart's log");
     assert_eq!(disk.keys, Some(300), "{disk:?}");
-    assert!(
-        disk.recovered_s.is_some() && disk.snapshot_s.is_some(),
-        "{disk:?}"
-    );
+    // A restart writes no snapshot before serving (the next compaction writes one).
+    assert!(disk.recovered_s.is_some(), "{disk:?}");
     let scan = r.restart.scan.as_ref().expect("a read of every key");
     assert_eq!((scan.keys, scan.served), (300, 300));
     let all = r.restart_all.as_ref().expect("the restart of all replicas");

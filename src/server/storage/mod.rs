@@ -243,6 +243,13 @@ fn read_journal<D: Disk>(
         why,
     };
     match end {
+        // What is recovered is served and built on: it must survive a power loss even
+        // when it was only written (a crash under `interval` or `never`), or a later
+        // journal would follow a torn one.
+        frame::End::Clean if !bytes.is_empty() => {
+            let (mut file, _) = disk.open_append(path).map_err(io_error(path))?;
+            disk.sync(&mut file).map_err(io_error(path))?;
+        }
         frame::End::Clean => {}
         frame::End::TornTail { offset } if !last => {
             return Err(corrupt(
@@ -550,11 +557,15 @@ impl<D: Disk> Writer<D> {
         Ok(())
     }
 
-    /// Cuts the journal back to its whole frames after a failed write.
+    /// Cuts the journal back to its whole frames after a failed write, durably: a torn
+    /// frame must not come back after a power loss, least of all once appends have moved
+    /// on to the next journal (a torn frame there would read as corruption).
     fn cut_back(&mut self) -> Result<(), StorageError> {
         if self.cut {
             let path = journal_path(&self.dir, self.generation);
-            (self.disk.truncate(&mut self.file, self.good_len)).map_err(io_error(&path))?;
+            (self.disk.truncate(&mut self.file, self.good_len))
+                .and_then(|()| self.disk.sync(&mut self.file))
+                .map_err(io_error(&path))?;
             self.cut = false;
         }
         Ok(())

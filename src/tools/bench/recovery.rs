@@ -37,7 +37,8 @@ pub struct RecoveryLog {
     pub recovered_s: Option<f64>,
     pub records: Option<u64>,
     pub keys: Option<u64>,
-    /// The start's fresh snapshot was written (`wrote a snapshot`), after which it serves.
+    /// A snapshot was written (`wrote a snapshot`): a restart serves without one, and
+    /// compacts once early, so this is after it serves, when it happens at all.
     pub snapshot_s: Option<f64>,
     pub snapshot_bytes: Option<u64>,
 }
