@@ -22,6 +22,7 @@ use causalkv::protocol::machine::{Reply, Request};
 use causalkv::protocol::store::{Key, Value};
 use causalkv::server::config::{Config, ServeArgs};
 use causalkv::server::node::Node;
+use causalkv::tools::bench::scale::Memory;
 use clap::Parser;
 use serde_json::value::RawValue;
 
@@ -66,18 +67,7 @@ fn env_or(name: &str, default: u64) -> u64 {
 
 /// This process's resident memory, in bytes.
 fn resident_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map_or(0, |kb| kb * 1024)
+    Memory::of(std::process::id()).map_or(0, |m| m.rss_kib * 1024)
 }
 
 fn disk_bytes(dir: &Path) -> u64 {
