@@ -144,7 +144,7 @@ impl Replica {
                     life = Some(incarnation);
                 }
                 Record::Horizon { horizon } => replica.horizon.merge(&horizon),
-                Record::Dropped { key } => replica.store.remove(&key),
+                Record::Dropped { key } => replica.store.remove(key.as_bytes()),
             }
         }
         replica.journal = Some(Vec::new());
@@ -441,7 +441,7 @@ impl Replica {
         for (key, dot) in self.store.between(after, chunk.next.as_deref()) {
             if !held.contains(&*key) && chunk.clock.covers(&dot) {
                 self.record(|| Record::Dropped { key: key.clone() });
-                self.store.remove(&key);
+                self.store.remove(key.as_bytes());
                 dropped += 1;
             }
         }
@@ -451,12 +451,16 @@ impl Replica {
     /// Takes a peer's horizon once this replica's clock covers it (after a whole pull
     /// from that peer): this replica may now lack what that peer collected.
     pub fn adopt_horizon(&mut self, horizon: &Clock) {
-        if self.clock.covers_clock(horizon) && !self.horizon.covers_clock(horizon) {
+        if self.clock.covers_clock(horizon) {
             self.widen_horizon(horizon);
         }
     }
 
+    /// Widens the horizon to cover `horizon`, recording it, unless it already does.
     fn widen_horizon(&mut self, horizon: &Clock) {
+        if self.horizon.covers_clock(horizon) {
+            return;
+        }
         self.horizon.merge(horizon);
         self.record(|| Record::Horizon {
             horizon: horizon.clone(),
@@ -471,9 +475,7 @@ impl Replica {
     /// (so that it is recorded before any tombstone goes). The caller must know that no
     /// write that such a delete beats can still arrive here (see `machine::peers`).
     pub fn begin_collection(&mut self, stable: &Clock) {
-        if !self.horizon.covers_clock(stable) {
-            self.widen_horizon(stable);
-        }
+        self.widen_horizon(stable);
     }
 
     /// Collects up to `max` tombstones after `after` whose delete `stable` covers;
@@ -777,7 +779,7 @@ mod tests {
         put(&mut a, "k", "1", &Clock::new());
         let stable = a.clock().clone();
         a.begin_collection(&stable);
-        a.store.remove("k");
+        a.store.remove(b"k");
         a.record(|| Record::Dropped { key: "k".into() });
         let records = a.take_journal();
         let back = Replica::with_journal("a".into(), 10, records);

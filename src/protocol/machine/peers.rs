@@ -21,7 +21,6 @@ use std::collections::BTreeMap;
 use super::{Answer, CallError, Event, Machine, Message, NodeError, Output};
 use crate::protocol::causal::{Addr, Clock, Incarnation};
 use crate::protocol::membership::Status;
-use crate::protocol::replica::Delta;
 use crate::protocol::store::Key;
 use crate::protocol::time::Now;
 use crate::protocol::wire::{self, Announce, Heartbeat, SyncRequest, ViewChange, ViewOp};
@@ -277,7 +276,7 @@ impl<W> Machine<W> {
     }
 
     fn chunk_answered(&mut self, mut pull: Pull, outcome: Result<Answer, CallError>, now: Now) {
-        let delta = match outcome {
+        let mut delta = match outcome {
             Ok(Answer::Delta(delta)) => delta,
             Ok(other) => {
                 let error = format!("unexpected answer to a sync request: {other:?}");
@@ -285,7 +284,6 @@ impl<W> Machine<W> {
             }
             Err(error) => return self.pull_failed(pull, &error.to_string(), now),
         };
-        let mut delta: Delta = delta;
         if !self.members.in_view(&pull.peer) {
             return self.pull_ended(pull, now);
         }

@@ -42,12 +42,21 @@ const STEP_PAUSE: Duration = Duration::from_millis(1);
 pub(super) struct Collection {
     stable: Clock,
     need: Clock,
-    /// The horizon covers `stable` already.
-    begun: bool,
     /// The tombstone key to continue after.
     cursor: Option<Box<[u8]>>,
     /// When the next step is due, while the round has more to do.
     pub(super) next_step: Option<Time>,
+}
+
+impl Collection {
+    fn new(stable: Clock, need: Clock) -> Self {
+        Collection {
+            stable,
+            need,
+            cursor: None,
+            next_step: None,
+        }
+    }
 }
 
 impl<W> Machine<W> {
@@ -62,10 +71,8 @@ impl<W> Machine<W> {
         if !self.replica.clock().covers_clock(&round.need) {
             return;
         }
-        if !round.begun {
-            self.replica.begin_collection(&round.stable);
-            round.begun = true;
-        }
+        // Recorded once: the horizon covers `stable` from the first step on.
+        self.replica.begin_collection(&round.stable);
         let (collected, next) =
             (self.replica).collect_tombstones(&round.stable, round.cursor.as_deref(), PER_STEP);
         match next {
@@ -88,13 +95,7 @@ impl<W> Machine<W> {
         let mut need = Clock::new();
         #[cfg(test)]
         if self.bugs.collect_unstable {
-            return Some(Collection {
-                stable,
-                need,
-                begun: false,
-                cursor: None,
-                next_step: None,
-            });
+            return Some(Collection::new(stable, need));
         }
         for (_, status, _, clock) in self.members.members() {
             let (Status::Up, Some(clock)) = (status, clock) else {
@@ -103,13 +104,7 @@ impl<W> Machine<W> {
             stable = stable.meet(clock);
             need.merge(clock);
         }
-        Some(Collection {
-            stable,
-            need,
-            begun: false,
-            cursor: None,
-            next_step: None,
-        })
+        Some(Collection::new(stable, need))
     }
 
     /// When the round in progress wants its next step.

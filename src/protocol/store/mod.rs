@@ -200,12 +200,15 @@ impl Store {
     }
 
     /// Removes the record of `key`, whatever it is.
-    pub fn remove(&mut self, key: &str) {
-        if matches!(self.read(key), Read::Found { .. }) {
+    pub fn remove(&mut self, key: &[u8]) {
+        let Some(record) = self.records.get(key) else {
+            return;
+        };
+        if !record.value.is_empty() {
             self.live -= 1;
         }
-        self.tombstones.remove(key.as_bytes());
-        self.records.remove(key.as_bytes());
+        self.tombstones.remove(key);
+        self.records.remove(key);
     }
 
     /// Removes the tombstones whose delete `stable` covers, looking at up to `max`
@@ -231,8 +234,7 @@ impl Store {
             let covered = (self.records.get(&key))
                 .is_some_and(|record| stable.covers(&self.dot(&record.version)));
             if covered {
-                self.tombstones.remove(&key);
-                self.records.remove(&key);
+                self.remove(&key);
                 collected += 1;
             }
         }
@@ -428,8 +430,8 @@ pub(crate) mod tests {
         // A later write to a collected key is an ordinary first write.
         assert!(store.apply("old".into(), entry(Some("2"), 5, "b", 2)));
         assert_eq!(store.live_keys(), 2);
-        store.remove("old");
-        store.remove("new");
+        store.remove(b"old");
+        store.remove(b"new");
         assert_eq!((store.tombstones(), store.live_keys()), (1, 1));
         let keys: Vec<String> = (store.between(Some("live"), None).iter())
             .map(|(k, _)| k.to_string())
