@@ -36,6 +36,7 @@ use crate::server::config::Config;
 use crate::server::health::Health;
 use crate::server::metrics::Metrics;
 use crate::server::peer::{self, PeerClient, PeerSettings};
+use crate::server::storage::disk::RealDisk;
 use crate::server::storage::{self, Journal, Policy, Report, StorageError};
 use crate::server::tls::TlsError;
 use crate::server::trust::Trust;
@@ -151,6 +152,7 @@ impl Node {
 
     /// Runs one step of the machine under the lock, then carries out its outputs.
     fn step<T>(&self, f: impl FnOnce(&mut Machine<Waiter>, Now) -> T) -> T {
+        let mut persist = false;
         let (result, outputs, flush) = {
             let mut machine = self.lock();
             let before = machine.next_deadline();
@@ -164,6 +166,7 @@ impl Node {
                 outputs.retain_mut(|output| match output {
                     Output::Persist { upto, records } => {
                         journal.append(*upto, std::mem::take(records));
+                        persist = true;
                         false
                     }
                     _ => true,
@@ -175,7 +178,37 @@ impl Node {
             self.flusher.notify_one();
         }
         self.perform(outputs);
+        if persist {
+            self.write_journal();
+        }
         result
+    }
+
+    /// Writes the journal's queued appends from this task (`Journal::write_queued`: with
+    /// `--fsync interval` or `never`), and takes the writer's report into the machine.
+    fn write_journal(&self) {
+        let report = self.journal.as_ref().and_then(Journal::write_queued);
+        if let Some(report) = report {
+            self.on_report(report);
+        }
+    }
+
+    /// Takes a report of the journal's writer into the machine, and compacts the journal
+    /// into a snapshot once it outgrows half the last one (`storage::wants_compaction`).
+    fn on_report(&self, report: Report) {
+        match report {
+            Report::Durable {
+                upto,
+                journal_bytes,
+                snapshot_bytes,
+            } => {
+                self.step(|m, _| m.persisted(upto));
+                if storage::wants_compaction(journal_bytes, snapshot_bytes) {
+                    self.compact();
+                }
+            }
+            Report::Failed(error) => self.step(|m, _| m.storage_failed(error)),
+        }
     }
 
     fn perform(&self, outputs: Vec<Output<Waiter>>) {
@@ -400,15 +433,17 @@ fn open_data_dir(
     reports: mpsc::UnboundedSender<Report>,
 ) -> Result<(Machine<Waiter>, Journal), StorageError> {
     let began = std::time::Instant::now();
-    let recovered = storage::recover(dir)?;
+    let mut recovery = storage::Recovery::open(&RealDisk, dir)?;
+    // The records are replayed as they are read, one at a time.
+    let machine = Machine::durable(settings(config), &mut recovery);
+    let recovered = recovery.finish()?;
     if recovered.torn_bytes > 0 {
         tracing::warn!(
             bytes = recovered.torn_bytes,
             "cut a torn tail off the journal (a crash in the middle of a write)"
         );
     }
-    let records = recovered.records.len();
-    let machine = Machine::durable(settings(config), recovered.records);
+    let records = recovered.records;
     let keys = machine.replica().store().live_keys();
     let ms = began.elapsed().as_millis() as u64;
     tracing::info!(dir = %dir.display(), records, keys, ms, fsync = ?config.fsync, "recovered the data directory");
@@ -423,23 +458,10 @@ fn open_data_dir(
     Ok((machine, journal))
 }
 
-/// Carries the journal writer's reports into the machine, and compacts the journal into a
-/// snapshot once it outgrows half the last one (`storage::wants_compaction`).
+/// Carries the journal writer thread's reports into the machine.
 async fn run_storage_reports(node: Arc<Node>, mut reports: mpsc::UnboundedReceiver<Report>) {
     while let Some(report) = reports.recv().await {
-        match report {
-            Report::Durable {
-                upto,
-                journal_bytes,
-                snapshot_bytes,
-            } => {
-                node.step(|m, _| m.persisted(upto));
-                if storage::wants_compaction(journal_bytes, snapshot_bytes) {
-                    node.compact();
-                }
-            }
-            Report::Failed(error) => node.step(|m, _| m.storage_failed(error)),
-        }
+        node.on_report(report);
     }
 }
 

@@ -11,14 +11,19 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
 
+/// The read buffer of recovery: large enough that reading a file costs few system calls.
+const READ_BUFFER: usize = 1024 * 1024;
+
 /// The file system as the data directory uses it. Generic (not `dyn`), so that the
 /// production path is the direct `std::fs` calls it always was.
 pub trait Disk: Send + 'static {
     type File: Send;
+    type Reader: io::Read;
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// The names of the files in `dir`.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Opens `path` to read it from the start; gives its length.
+    fn open_read(&self, path: &Path) -> io::Result<(Self::Reader, u64)>;
     /// Opens `path` to append to it, creating it empty when absent; gives its length.
     fn open_append(&self, path: &Path) -> io::Result<(Self::File, u64)>;
     /// Creates `path` empty (truncating it if it exists), to write it.
@@ -40,6 +45,7 @@ pub struct RealDisk;
 
 impl Disk for RealDisk {
     type File = File;
+    type Reader = io::BufReader<File>;
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         fs::create_dir_all(dir)
@@ -51,8 +57,10 @@ impl Disk for RealDisk {
             .collect()
     }
 
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        fs::read(path)
+    fn open_read(&self, path: &Path) -> io::Result<(Self::Reader, u64)> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        Ok((io::BufReader::with_capacity(READ_BUFFER, file), len))
     }
 
     fn open_append(&self, path: &Path) -> io::Result<(File, u64)> {
@@ -314,6 +322,7 @@ mod mem {
     impl Disk for MemDisk {
         /// The inode and the name it was opened by.
         type File = (usize, PathBuf);
+        type Reader = io::Cursor<Vec<u8>>;
 
         fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
             Ok(())
@@ -327,9 +336,11 @@ mod mem {
                 .collect())
         }
 
-        fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        fn open_read(&self, path: &Path) -> io::Result<(Self::Reader, u64)> {
             let mem = self.mem();
-            Ok(mem.inodes[mem.inode(path)?].data.clone())
+            let data = mem.inodes[mem.inode(path)?].data.clone();
+            let len = data.len() as u64;
+            Ok((io::Cursor::new(data), len))
         }
 
         fn open_append(&self, path: &Path) -> io::Result<(Self::File, u64)> {

@@ -29,7 +29,7 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
 }
 
 /// How the bytes ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum End {
     /// Every byte belongs to a whole, valid frame.
     Clean,
@@ -42,37 +42,103 @@ pub enum End {
 /// Decodes every whole frame of `bytes`; returns the records, the length of the valid
 /// prefix, and how the bytes ended.
 pub fn decode(bytes: &[u8]) -> (Vec<Record>, usize, End) {
+    let mut frames = Frames::new(bytes, bytes.len() as u64);
     let mut records = Vec::new();
-    let mut offset = 0;
-    while offset < bytes.len() {
-        let rest = &bytes[offset..];
-        if rest.len() < HEADER {
-            return (records, offset, End::TornTail { offset });
+    // Reading a slice cannot fail.
+    while let Ok(Some(record)) = frames.next_record() {
+        records.push(record);
+    }
+    let valid = frames.valid();
+    (records, valid, frames.end().cloned().unwrap_or(End::Clean))
+}
+
+/// Reads and decodes frames one at a time from `reader` (which holds `len` bytes), so
+/// that recovery never holds a whole file: one frame's payload at a time.
+pub struct Frames<R> {
+    reader: R,
+    len: u64,
+    /// Where the next frame starts: the end of the valid prefix so far.
+    offset: usize,
+    payload: Vec<u8>,
+    end: Option<End>,
+}
+
+impl<R: std::io::Read> Frames<R> {
+    pub fn new(reader: R, len: u64) -> Self {
+        Frames {
+            reader,
+            len,
+            offset: 0,
+            payload: Vec::new(),
+            end: None,
         }
-        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+    }
+
+    /// The next record; `None` once the bytes have ended (see `end`).
+    pub fn next_record(&mut self) -> std::io::Result<Option<Record>> {
+        if self.end.is_some() {
+            return Ok(None);
+        }
+        let offset = self.offset;
+        let rest = usize::try_from(self.len)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(offset);
+        let ended = |end| Ok::<_, std::io::Error>((None, Some(end)));
+        let (record, end) = match rest {
+            0 => ended(End::Clean)?,
+            _ if rest < HEADER => ended(End::TornTail { offset })?,
+            _ => self.frame(offset, rest)?,
+        };
+        self.end = end;
+        if record.is_some() {
+            self.offset = self.offset.saturating_add(HEADER + self.payload.len());
+        }
+        Ok(record)
+    }
+
+    /// Reads the frame at `offset`, with `rest` bytes from there to the end.
+    fn frame(
+        &mut self,
+        offset: usize,
+        rest: usize,
+    ) -> std::io::Result<(Option<Record>, Option<End>)> {
+        let mut header = [0; HEADER];
+        self.reader.read_exact(&mut header)?;
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
         if len > MAX_PAYLOAD {
             let why = format!("a frame claims {len} bytes");
-            return (records, offset, bad(offset, rest.len(), HEADER, why));
+            return Ok((None, Some(bad(offset, rest, HEADER, why))));
         }
-        if rest.len() < HEADER + len {
-            return (records, offset, End::TornTail { offset });
+        if rest < HEADER + len {
+            return Ok((None, Some(End::TornTail { offset })));
         }
-        let payload = &rest[HEADER..HEADER + len];
-        if crc32fast::hash(payload) != crc {
+        self.payload.resize(len, 0);
+        self.reader.read_exact(&mut self.payload)?;
+        if crc32fast::hash(&self.payload) != crc {
             let why = "checksum mismatch".to_string();
-            return (records, offset, bad(offset, rest.len(), HEADER + len, why));
+            return Ok((None, Some(bad(offset, rest, HEADER + len, why))));
         }
-        match codec::decode(payload) {
-            Ok(record) => records.push(record),
+        match codec::decode(&self.payload) {
+            Ok(record) => Ok((Some(record), None)),
             Err(error) => {
                 let why = format!("a checked frame is not a record: {error}");
-                return (records, offset, End::Corrupt { offset, why });
+                Ok((None, Some(End::Corrupt { offset, why })))
             }
         }
-        offset += HEADER + len;
     }
-    (records, offset, End::Clean)
+}
+
+impl<R> Frames<R> {
+    /// The length of the valid prefix read so far.
+    pub fn valid(&self) -> usize {
+        self.offset
+    }
+
+    /// How the bytes ended, once `next_record` has given `None`.
+    pub fn end(&self) -> Option<&End> {
+        self.end.as_ref()
+    }
 }
 
 /// A bad frame of `size` bytes at `offset`, with `rest` bytes from there to the end: a

@@ -54,7 +54,7 @@ mod tests;
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use crate::protocol::journal::{Record, Seq};
@@ -155,118 +155,194 @@ fn list<D: Disk>(disk: &D, dir: &Path) -> Result<Listing, StorageError> {
     Ok(listing)
 }
 
-/// What a data directory held.
+/// What recovery found, besides the records.
 #[derive(Debug)]
 pub struct Recovered {
-    pub records: Vec<Record>,
+    /// How many records were read.
+    pub records: usize,
     /// The generation of the last journal (0 for an empty directory): appends go on there.
     pub generation: u64,
     /// Bytes of a torn tail that were cut off.
     pub torn_bytes: usize,
 }
 
-/// Reads the newest snapshot and every journal from its generation on, creating the
-/// directory if needed; cuts a torn tail off the last journal; removes `.tmp` files and
-/// older generations.
-pub fn recover(dir: &Path) -> Result<Recovered, StorageError> {
-    recover_on(&RealDisk, dir)
+/// A file that recovery reads.
+struct Source {
+    path: PathBuf,
+    journal: bool,
 }
 
-/// `recover` over `disk`.
-pub fn recover_on<D: Disk>(disk: &D, dir: &Path) -> Result<Recovered, StorageError> {
-    disk.create_dir_all(dir).map_err(io_error(dir))?;
-    let listing = list(disk, dir)?;
-    for name in &listing.temporary {
-        let _ = disk.remove(&dir.join(name));
-    }
-    let base = listing.snapshots.iter().copied().max();
-    let mut records = match base {
-        Some(g) => read_snapshot(disk, &snapshot_path(dir, g))?,
-        None => Vec::new(),
-    };
-    let base = base.unwrap_or(0);
-    let journals: Vec<u64> = (listing.journals.iter().copied())
-        .filter(|&g| g >= base)
-        .collect();
-    let mut contents = Vec::with_capacity(journals.len());
-    for &g in &journals {
-        let path = journal_path(dir, g);
-        let bytes = disk.read(&path).map_err(io_error(&path))?;
-        contents.push((path, bytes));
-    }
-    // Empty journals after the last one written add nothing (a snapshot that failed to
-    // begin can leave one): a torn tail may end the last one with bytes.
-    let last = (contents.iter())
-        .rposition(|(_, bytes)| !bytes.is_empty())
-        .unwrap_or(0);
-    let mut torn_bytes = 0;
-    for (i, (path, bytes)) in contents.into_iter().enumerate() {
-        torn_bytes += read_journal(disk, &path, &bytes, i >= last, &mut records)?;
-    }
-    remove_below(disk, dir, &listing, base);
-    Ok(Recovered {
-        records,
-        generation: journals.last().copied().unwrap_or(base),
-        torn_bytes,
-    })
+/// Reads a data directory's records in order: the newest snapshot, then every journal
+/// from its generation on. It is an iterator that reads one frame at a time, so that
+/// recovery never holds more than one record beside the state it rebuilds. Iterate it
+/// to its end, then `finish` it: an error (a damaged file, a failed read) ends the
+/// iteration early, and `finish` gives it.
+///
+/// At the end of each journal it makes the journal durable (what is recovered is served
+/// and built on: it must survive a power loss even when it was only written, or a later
+/// journal would follow a torn one); a torn tail is cut off the last journal written,
+/// and is corruption anywhere else.
+pub struct Recovery<'d, D: Disk> {
+    disk: &'d D,
+    dir: PathBuf,
+    listing: Listing,
+    /// The generation of the snapshot read (0: none).
+    base: u64,
+    files: VecDeque<Source>,
+    current: Option<(Source, frame::Frames<D::Reader>)>,
+    error: Option<StorageError>,
+    records: usize,
+    torn_bytes: usize,
 }
 
-fn read_snapshot<D: Disk>(disk: &D, path: &Path) -> Result<Vec<Record>, StorageError> {
-    let bytes = disk.read(path).map_err(io_error(path))?;
-    let (records, _, end) = frame::decode(&bytes);
-    let (offset, why) = match end {
-        frame::End::Clean => return Ok(records),
-        frame::End::TornTail { offset } => (offset, "a snapshot ends early".into()),
-        frame::End::Corrupt { offset, why } => (offset, why),
-    };
-    Err(StorageError::Corrupt {
-        path: path.to_path_buf(),
-        offset,
-        why,
-    })
+impl<'d, D: Disk> Recovery<'d, D> {
+    /// Lists `dir` (creating it if needed) and removes its `.tmp` files.
+    pub fn open(disk: &'d D, dir: &Path) -> Result<Self, StorageError> {
+        disk.create_dir_all(dir).map_err(io_error(dir))?;
+        let listing = list(disk, dir)?;
+        for name in &listing.temporary {
+            let _ = disk.remove(&dir.join(name));
+        }
+        let snapshot = listing.snapshots.iter().copied().max();
+        let base = snapshot.unwrap_or(0);
+        let snapshot = snapshot.map(|g| Source {
+            path: snapshot_path(dir, g),
+            journal: false,
+        });
+        let journals = (listing.journals.iter().copied())
+            .filter(|&g| g >= base)
+            .map(|g| Source {
+                path: journal_path(dir, g),
+                journal: true,
+            });
+        Ok(Recovery {
+            disk,
+            dir: dir.to_path_buf(),
+            files: snapshot.into_iter().chain(journals).collect(),
+            listing,
+            base,
+            current: None,
+            error: None,
+            records: 0,
+            torn_bytes: 0,
+        })
+    }
+
+    /// Ends recovery: gives the first error met, or what was found; removes the files of
+    /// older generations.
+    pub fn finish(mut self) -> Result<Recovered, StorageError> {
+        // Whatever the caller left unread still has to be checked (and cut).
+        for _ in self.by_ref() {}
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        remove_below(self.disk, &self.dir, &self.listing, self.base);
+        let last_journal = self
+            .listing
+            .journals
+            .iter()
+            .copied()
+            .filter(|&g| g >= self.base)
+            .max();
+        Ok(Recovered {
+            records: self.records,
+            generation: last_journal.unwrap_or(self.base),
+            torn_bytes: self.torn_bytes,
+        })
+    }
+
+    /// Reads the next record from the current file, opening the next one as needed.
+    fn read_next(&mut self) -> Result<Option<Record>, StorageError> {
+        loop {
+            let Some((source, frames)) = &mut self.current else {
+                let Some(source) = self.files.pop_front() else {
+                    return Ok(None);
+                };
+                let (reader, len) =
+                    (self.disk.open_read(&source.path)).map_err(io_error(&source.path))?;
+                self.current = Some((source, frame::Frames::new(reader, len)));
+                continue;
+            };
+            if let Some(record) = frames.next_record().map_err(io_error(&source.path))? {
+                return Ok(Some(record));
+            }
+            if let Some((source, frames)) = self.current.take() {
+                self.close(&source, &frames)?;
+            }
+        }
+    }
+
+    /// Checks how a file ended, and makes a journal durable (cut if torn).
+    fn close<R>(&mut self, source: &Source, frames: &frame::Frames<R>) -> Result<(), StorageError> {
+        let path = &source.path;
+        let corrupt = |offset, why| StorageError::Corrupt {
+            path: path.clone(),
+            offset,
+            why,
+        };
+        let valid = frames.valid();
+        match (
+            frames.end().cloned().unwrap_or(frame::End::Clean),
+            source.journal,
+        ) {
+            (frame::End::Corrupt { offset, why }, _) => Err(corrupt(offset, why)),
+            (frame::End::TornTail { offset }, false) => {
+                Err(corrupt(offset, "a snapshot ends early".into()))
+            }
+            (frame::End::TornTail { offset }, true) => {
+                // Empty journals after the last one written add nothing (a snapshot that
+                // failed to begin can leave one): only the last written may be torn.
+                if !self.later_journals_are_empty()? {
+                    return Err(corrupt(
+                        offset,
+                        "a journal before the last ends early".into(),
+                    ));
+                }
+                let (mut file, len) = self.disk.open_append(path).map_err(io_error(path))?;
+                (self.disk.truncate(&mut file, valid as u64))
+                    .and_then(|()| self.disk.sync(&mut file))
+                    .map_err(io_error(path))?;
+                self.torn_bytes += (len as usize).saturating_sub(valid);
+                Ok(())
+            }
+            (frame::End::Clean, true) if valid > 0 => {
+                let (mut file, _) = self.disk.open_append(path).map_err(io_error(path))?;
+                self.disk.sync(&mut file).map_err(io_error(path))
+            }
+            (frame::End::Clean, _) => Ok(()),
+        }
+    }
+
+    fn later_journals_are_empty(&self) -> Result<bool, StorageError> {
+        for source in &self.files {
+            let (_, len) = (self.disk.open_read(&source.path)).map_err(io_error(&source.path))?;
+            if len > 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
 }
 
-/// Appends the records of a journal's `bytes` to `records`; a torn tail is cut off when
-/// the journal is the `last` one written (and is corruption otherwise). Gives the bytes
-/// cut.
-fn read_journal<D: Disk>(
-    disk: &D,
-    path: &Path,
-    bytes: &[u8],
-    last: bool,
-    records: &mut Vec<Record>,
-) -> Result<usize, StorageError> {
-    let (mut logged, valid, end) = frame::decode(bytes);
-    let corrupt = |offset, why| StorageError::Corrupt {
-        path: path.to_path_buf(),
-        offset,
-        why,
-    };
-    match end {
-        // What is recovered is served and built on: it must survive a power loss even
-        // when it was only written (a crash under `interval` or `never`), or a later
-        // journal would follow a torn one.
-        frame::End::Clean if !bytes.is_empty() => {
-            let (mut file, _) = disk.open_append(path).map_err(io_error(path))?;
-            disk.sync(&mut file).map_err(io_error(path))?;
+impl<D: Disk> Iterator for Recovery<'_, D> {
+    type Item = Record;
+
+    fn next(&mut self) -> Option<Record> {
+        if self.error.is_some() {
+            return None;
         }
-        frame::End::Clean => {}
-        frame::End::TornTail { offset } if !last => {
-            return Err(corrupt(
-                offset,
-                "a journal before the last ends early".into(),
-            ));
+        match self.read_next() {
+            Ok(Some(record)) => {
+                self.records += 1;
+                Some(record)
+            }
+            Ok(None) => None,
+            Err(error) => {
+                self.error = Some(error);
+                None
+            }
         }
-        frame::End::TornTail { .. } => {
-            let (mut file, _) = disk.open_append(path).map_err(io_error(path))?;
-            disk.truncate(&mut file, valid as u64)
-                .and_then(|()| disk.sync(&mut file))
-                .map_err(io_error(path))?;
-        }
-        frame::End::Corrupt { offset, why } => return Err(corrupt(offset, why)),
     }
-    records.append(&mut logged);
-    Ok(bytes.len() - valid)
 }
 
 /// Removes (best effort) every snapshot and journal of a generation below `base`.
@@ -281,7 +357,7 @@ fn remove_below<D: Disk>(disk: &D, dir: &Path, listing: &Listing, base: u64) {
     }
 }
 
-/// What the writer thread tells the node.
+/// What the writer tells the node.
 #[derive(Debug)]
 pub enum Report {
     /// Every record up to this position is durable (by the policy's meaning).
@@ -333,39 +409,191 @@ impl ChunkQueue {
     }
 }
 
-/// The handle of the writer thread. `append`, `begin_snapshot` and `end_snapshot` never
-/// block and do no I/O, so they may be called under the node's lock (which keeps appends
-/// and a snapshot's beginning in the machine's order).
-pub struct Journal {
-    tx: mpsc::Sender<Command>,
-    chunks: Arc<ChunkQueue>,
+/// The commands waiting for the writer, in the machine's order.
+#[derive(Default)]
+struct Queued {
+    commands: VecDeque<Command>,
+    /// The last write failed: appends wait for the thread's retry.
+    failing: bool,
+    /// An inline write left the journal unsynced: the thread times the next sync.
+    sync_wanted: bool,
+    /// The journal's handle is gone: the thread stops.
+    closed: bool,
 }
 
-impl Journal {
+impl Queued {
+    /// True when the writer thread has something to do now: with inline appends it
+    /// leaves those to the node (but writes any it finds queued once it has worked).
+    fn has_thread_work(&self, inline: bool) -> bool {
+        let appends = !inline && !self.commands.is_empty();
+        self.closed || self.sync_wanted || (!self.failing && (appends || self.has_snapshot_step()))
+    }
+
+    /// True when the writer thread has more to write after a hold of the writer.
+    fn has_more_work(&self) -> bool {
+        !self.closed && (self.has_ready_append() || (!self.failing && self.has_snapshot_step()))
+    }
+
+    fn has_snapshot_step(&self) -> bool {
+        (self.commands.iter()).any(|c| !matches!(c, Command::Append { .. }))
+    }
+
+    /// True when an append is at the front, ready for whoever writes next.
+    fn has_ready_append(&self) -> bool {
+        !self.failing && matches!(self.commands.front(), Some(Command::Append { .. }))
+    }
+
+    /// Takes every append before the first `Begin` (snapshot chunks and ends do not
+    /// order appends: they go to another file).
+    fn take_appends(&mut self) -> Vec<(Seq, Vec<Record>)> {
+        let begin = (self.commands.iter())
+            .position(|c| matches!(c, Command::Begin { .. }))
+            .unwrap_or(self.commands.len());
+        let mut later = self.commands.split_off(begin);
+        let mut appends = Vec::new();
+        self.commands.retain_mut(|command| match command {
+            Command::Append { upto, records } => {
+                appends.push((*upto, std::mem::take(records)));
+                false
+            }
+            _ => true,
+        });
+        self.commands.append(&mut later);
+        appends
+    }
+
+    /// Takes the first command when it is a snapshot's step.
+    fn take_snapshot_step(&mut self) -> Option<Command> {
+        match self.commands.front() {
+            Some(Command::Append { .. }) | None => None,
+            Some(_) => self.commands.pop_front(),
+        }
+    }
+}
+
+/// What the node's handle and the writer thread share. Lock order: `writer`, then
+/// `queue` (the node pushes to `queue` under its own lock; nobody takes `writer` while
+/// holding `queue`).
+struct Shared<D: Disk> {
+    queue: Mutex<Queued>,
+    /// Wakes the writer thread.
+    wake: Condvar,
+    /// Held by whoever writes: the thread, or a node task writing appends inline.
+    writer: Mutex<Writer<D>>,
+    chunks: ChunkQueue,
+    /// Appends are written by the node's tasks (`Journal::write_queued`), not the thread.
+    inline: bool,
+}
+
+impl<D: Disk> Shared<D> {
+    fn queue(&self) -> MutexGuard<'_, Queued> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, command: Command) {
+        let wake = !self.inline || !matches!(command, Command::Append { .. });
+        self.queue().commands.push_back(command);
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    /// One hold of the writer by its thread: a sync if due, the appends at the front,
+    /// and at most one snapshot step.
+    fn work(&self, report: &impl Fn(Report)) {
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        writer.sync_if_due();
+        if let Some(r) = self.write_appends(&mut writer, true) {
+            report(r);
+        }
+        let step = match writer.failed_at {
+            Some(_) => None,
+            None => self.queue().take_snapshot_step(),
+        };
+        if let Some(command) = step {
+            writer.snapshot_step(command, &self.chunks);
+        }
+    }
+
+    /// Writes the appends at the front of the queue with `writer`; gives the last report.
+    fn write_appends(&self, writer: &mut Writer<D>, may_sync: bool) -> Option<Report> {
+        let appends = self.queue().take_appends();
+        let report = writer.write(appends, may_sync)?;
+        let failed = matches!(report, Report::Failed(_));
+        self.queue().failing = failed;
+        Some(report)
+    }
+}
+
+/// The handle of the journal's writer. `append`, `begin_snapshot` and `end_snapshot`
+/// never block and do no I/O, so they may be called under the node's lock (which keeps
+/// appends and a snapshot's beginning in the machine's order).
+///
+/// Who writes: with `--fsync always`, a thread (its syncs take milliseconds, too long
+/// for the node's async tasks), which reports through the callback given to `start`.
+/// With `interval` or `never`, a write is one `write` into the page cache, so the node
+/// writes its appends itself (`write_queued`, after releasing its lock) and gets the
+/// report back directly: no thread hand-off per batch. The thread then only syncs (at
+/// most every interval), retries failed writes, and writes snapshots.
+pub struct Journal<D: Disk = RealDisk> {
+    shared: Arc<Shared<D>>,
+}
+
+impl<D: Disk> Journal<D> {
     /// Queues records, in order, to be made durable.
     pub fn append(&self, upto: Seq, records: Vec<Record>) {
-        let _ = self.tx.send(Command::Append { upto, records });
+        self.shared.push(Command::Append { upto, records });
     }
 
     /// Begins a snapshot of the state as of every record queued so far, with its head
     /// (`Replica::snapshot_head`): later appends go to the next generation's journal.
     pub fn begin_snapshot(&self, head: Vec<Record>) {
-        let _ = self.tx.send(Command::Begin { head });
+        self.shared.push(Command::Begin { head });
     }
 
     /// Queues a piece of the snapshot (`Replica::snapshot_chunk`). Blocks while the
     /// writer has a few pieces still to write: call it without holding the node's lock.
     pub fn snapshot_chunk(&self, records: Vec<Record>) {
-        self.chunks.wait_below(QUEUED_CHUNKS);
-        self.chunks.add(1);
-        if self.tx.send(Command::Chunk { records }).is_err() {
-            self.chunks.add(-1);
-        }
+        self.shared.chunks.wait_below(QUEUED_CHUNKS);
+        self.shared.chunks.add(1);
+        self.shared.push(Command::Chunk { records });
     }
 
     /// Ends the snapshot: once written, it replaces the older generations.
     pub fn end_snapshot(&self) {
-        let _ = self.tx.send(Command::End);
+        self.shared.push(Command::End);
+    }
+
+    /// Writes the queued appends now, unless another writer is at work (it then writes
+    /// them: whoever releases the writer looks at the queue again). Only with `interval`
+    /// and `never`; call it after releasing the node's lock. Gives the last report.
+    pub fn write_queued(&self) -> Option<Report> {
+        let shared = &*self.shared;
+        let mut last = None;
+        while shared.inline && shared.queue().has_ready_append() {
+            let mut writer = match shared.writer.try_lock() {
+                Ok(writer) => writer,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => break,
+            };
+            let was_dirty = writer.dirty;
+            let report = shared.write_appends(&mut writer, false);
+            let failed = matches!(report, Some(Report::Failed(_)));
+            // The thread syncs what was written (at the interval), and retries a failure.
+            if failed || (writer.dirty && !was_dirty) {
+                shared.queue().sync_wanted = true;
+                shared.wake.notify_one();
+            }
+            last = report.or(last);
+        }
+        last
+    }
+}
+
+impl<D: Disk> Drop for Journal<D> {
+    fn drop(&mut self) {
+        self.shared.queue().closed = true;
+        self.shared.wake.notify_one();
     }
 }
 
@@ -388,8 +616,8 @@ impl Policy {
     }
 }
 
-/// Starts the writer thread on `dir`: it appends to the journal of `generation` (the
-/// recovered one), which it creates if needed.
+/// Starts the writer on `dir`: it appends to the journal of `generation` (the recovered
+/// one), which it creates if needed. The thread reports with `report`.
 pub fn start(
     dir: PathBuf,
     generation: u64,
@@ -406,7 +634,7 @@ pub fn start_on<D: Disk>(
     generation: u64,
     policy: Policy,
     report: impl Fn(Report) + Send + 'static,
-) -> Result<Journal, StorageError> {
+) -> Result<Journal<D>, StorageError> {
     disk.create_dir_all(&dir).map_err(io_error(&dir))?;
     let path = journal_path(&dir, generation);
     let (mut file, good_len) = disk.open_append(&path).map_err(io_error(&path))?;
@@ -414,7 +642,6 @@ pub fn start_on<D: Disk>(
     // written and not synced).
     disk.sync(&mut file).map_err(io_error(&path))?;
     disk.sync_dir(&dir).map_err(io_error(&dir))?;
-    let chunks = Arc::new(ChunkQueue::default());
     let writer = Writer {
         disk,
         dir,
@@ -425,16 +652,56 @@ pub fn start_on<D: Disk>(
         policy,
         last_sync: Instant::now(),
         dirty: false,
+        pending: Vec::new(),
+        pending_upto: 0,
+        failed_at: None,
         snapshot: None,
         snapshot_bytes: 0,
-        chunks: chunks.clone(),
     };
-    let (tx, rx) = mpsc::channel();
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Queued::default()),
+        wake: Condvar::new(),
+        writer: Mutex::new(writer),
+        chunks: ChunkQueue::default(),
+        inline: policy.fsync != Fsync::Always,
+    });
+    let thread = shared.clone();
     std::thread::Builder::new()
         .name("journal".into())
-        .spawn(move || writer.run(rx, report))
+        .spawn(move || run(&thread, report))
         .map_err(io_error(Path::new("journal thread")))?;
-    Ok(Journal { tx, chunks })
+    Ok(Journal { shared })
+}
+
+/// The writer thread: waits for work (or for a sync or a retry to be due), then does it
+/// in short holds of the writer: the appends at the front and at most one snapshot step
+/// each, so that inline appends are never held up for long.
+fn run<D: Disk>(shared: &Shared<D>, report: impl Fn(Report)) {
+    loop {
+        let timeout = shared
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .idle_wait();
+        let queued = shared.queue();
+        let (mut queued, _) = shared
+            .wake
+            .wait_timeout_while(queued, timeout, |q| !q.has_thread_work(shared.inline))
+            .unwrap_or_else(|p| p.into_inner());
+        if queued.closed {
+            return;
+        }
+        queued.sync_wanted = false;
+        drop(queued);
+        // Like `Journal::write_queued`, look at the queue again after each hold: an
+        // inline append may have been queued while the writer was held.
+        loop {
+            shared.work(&report);
+            if !shared.queue().has_more_work() {
+                break;
+            }
+        }
+    }
 }
 
 /// A snapshot being written.
@@ -460,61 +727,23 @@ struct Writer<D: Disk> {
     last_sync: Instant,
     /// Written but not synced.
     dirty: bool,
+    /// Encoded appends not yet written (a failed batch waits here for its retry), and
+    /// the position of the last.
+    pending: Vec<u8>,
+    pending_upto: Seq,
+    /// When the last write failed, until one succeeds.
+    failed_at: Option<Instant>,
     snapshot: Option<Snapshot<D::File>>,
     /// The size of the last snapshot completed.
     snapshot_bytes: u64,
-    chunks: Arc<ChunkQueue>,
 }
 
 impl<D: Disk> Writer<D> {
-    fn run(mut self, rx: mpsc::Receiver<Command>, report: impl Fn(Report)) {
-        let mut backlog = VecDeque::new();
-        let mut pending: Vec<u8> = Vec::new();
-        let mut upto = 0;
-        loop {
-            if backlog.is_empty() && pending.is_empty() {
-                match rx.recv_timeout(self.idle_wait()) {
-                    Ok(command) => backlog.push_back(command),
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        self.sync_if_due();
-                        continue;
-                    }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                }
-            }
-            backlog.extend(rx.try_iter());
-            // Group commit: every append queued before the next snapshot begins.
-            upto = take_appends(&mut backlog, &mut pending).unwrap_or(upto);
-            if !pending.is_empty() {
-                match self.append(&pending) {
-                    Ok(()) => {
-                        pending.clear();
-                        report(Report::Durable {
-                            upto,
-                            journal_bytes: self.good_len,
-                            snapshot_bytes: self.snapshot_bytes,
-                        });
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "cannot write the journal; writes are refused until it can");
-                        report(Report::Failed(error.to_string()));
-                        match rx.recv_timeout(self.policy.retry) {
-                            Ok(command) => backlog.push_back(command),
-                            Err(mpsc::RecvTimeoutError::Timeout) => {}
-                            Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                        }
-                        continue;
-                    }
-                }
-            }
-            if let Some(command) = backlog.pop_front() {
-                self.snapshot_step(command);
-            }
-        }
-    }
-
-    /// How long to wait for a command when idle: until an `interval` sync is due.
+    /// How long the thread may sleep: until a retry or an `interval` sync is due.
     fn idle_wait(&self) -> Duration {
+        if let Some(at) = self.failed_at {
+            return self.policy.retry.saturating_sub(at.elapsed());
+        }
         match (self.policy.fsync, self.dirty) {
             (Fsync::Interval, true) => self
                 .policy
@@ -527,15 +756,55 @@ impl<D: Disk> Writer<D> {
     fn sync_if_due(&mut self) {
         if self.policy.fsync == Fsync::Interval
             && self.dirty
+            && self.failed_at.is_none()
+            && self.last_sync.elapsed() >= self.policy.interval
             && let Err(error) = self.sync()
         {
             tracing::error!(%error, "cannot sync the journal");
         }
     }
 
-    /// Appends whole frames; syncs by policy. After a failure the file is cut back to
-    /// its last whole frame before the next attempt, so that a retry appends after it.
-    fn append(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+    /// Writes `appends` after the pending ones (group commit: one `write` for all);
+    /// `may_sync`: sync here when the policy wants it (the thread), or leave it to the
+    /// thread (a node task). After a failure, only a retry (the thread, once due) writes.
+    fn write(&mut self, appends: Vec<(Seq, Vec<Record>)>, may_sync: bool) -> Option<Report> {
+        for (upto, records) in appends {
+            records
+                .iter()
+                .for_each(|r| frame::encode(r, &mut self.pending));
+            self.pending_upto = upto;
+        }
+        let retry_due = self
+            .failed_at
+            .is_none_or(|at| may_sync && at.elapsed() >= self.policy.retry);
+        if self.pending.is_empty() || !retry_due {
+            return None;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let result = self.append(&pending, may_sync);
+        self.pending = pending;
+        match result {
+            Ok(()) => {
+                self.pending.clear();
+                self.failed_at = None;
+                Some(Report::Durable {
+                    upto: self.pending_upto,
+                    journal_bytes: self.good_len,
+                    snapshot_bytes: self.snapshot_bytes,
+                })
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot write the journal; writes are refused until it can");
+                self.failed_at = Some(Instant::now());
+                Some(Report::Failed(error.to_string()))
+            }
+        }
+    }
+
+    /// Appends whole frames; syncs by policy when `may_sync`. After a failure the file
+    /// is cut back to its last whole frame before the next attempt, so that a retry
+    /// appends after it.
+    fn append(&mut self, bytes: &[u8], may_sync: bool) -> Result<(), StorageError> {
         self.cut_back()?;
         let path = journal_path(&self.dir, self.generation);
         if let Err(source) = self.disk.write(&mut self.file, bytes) {
@@ -545,7 +814,7 @@ impl<D: Disk> Writer<D> {
         self.dirty = true;
         let due = match self.policy.fsync {
             Fsync::Always => true,
-            Fsync::Interval => self.last_sync.elapsed() >= self.policy.interval,
+            Fsync::Interval => may_sync && self.last_sync.elapsed() >= self.policy.interval,
             Fsync::Never => false,
         };
         if due && let Err(error) = self.sync() {
@@ -579,12 +848,12 @@ impl<D: Disk> Writer<D> {
         Ok(())
     }
 
-    fn snapshot_step(&mut self, command: Command) {
+    fn snapshot_step(&mut self, command: Command, chunks: &ChunkQueue) {
         let result = match command {
             Command::Append { .. } => Ok(()),
             Command::Begin { head } => self.begin(&head),
             Command::Chunk { records } => {
-                self.chunks.add(-1);
+                chunks.add(-1);
                 self.write_chunk(&records)
             }
             Command::End => self.end(),
@@ -671,24 +940,4 @@ impl<D: Disk> Writer<D> {
             let _ = self.disk.remove(&snapshot_tmp_path(&self.dir, generation));
         }
     }
-}
-
-/// Moves every append before the first `Begin` of `backlog` into `pending` (encoded);
-/// gives the position of the last one, if any.
-fn take_appends(backlog: &mut VecDeque<Command>, pending: &mut Vec<u8>) -> Option<Seq> {
-    let begin = (backlog.iter())
-        .position(|c| matches!(c, Command::Begin { .. }))
-        .unwrap_or(backlog.len());
-    let mut later = backlog.split_off(begin);
-    let mut upto = None;
-    backlog.retain(|command| match command {
-        Command::Append { upto: u, records } => {
-            records.iter().for_each(|r| frame::encode(r, pending));
-            upto = Some(*u);
-            false
-        }
-        _ => true,
-    });
-    backlog.append(&mut later);
-    upto
 }

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::sync::mpsc;
 
 use proptest::prelude::*;
 
@@ -25,6 +26,30 @@ fn applied(i: u64) -> Record {
         entry: entry(Some("1"), i, "10.0.0.1:1", i),
         advance: true,
     }
+}
+
+/// Everything a data directory held.
+#[derive(Debug)]
+struct Whole {
+    records: Vec<Record>,
+    generation: u64,
+    torn_bytes: usize,
+}
+
+fn recover_on<D: Disk>(disk: &D, dir: &Path) -> Result<Whole, StorageError> {
+    let mut recovery = Recovery::open(disk, dir)?;
+    let records: Vec<Record> = recovery.by_ref().collect();
+    let recovered = recovery.finish()?;
+    assert_eq!(recovered.records, records.len());
+    Ok(Whole {
+        records,
+        generation: recovered.generation,
+        torn_bytes: recovered.torn_bytes,
+    })
+}
+
+fn recover(dir: &Path) -> Result<Whole, StorageError> {
+    recover_on(&RealDisk, dir)
 }
 
 /// Waits (with a deadline) until `done`.
@@ -48,13 +73,56 @@ fn wait_durable(rx: &mpsc::Receiver<Report>, upto: Seq) {
     panic!("records up to {upto} never became durable");
 }
 
-fn start_real(dir: &Path, generation: u64, fsync: Fsync) -> (Journal, mpsc::Receiver<Report>) {
+/// A journal driven as the node drives it: each append is followed by
+/// `Journal::write_queued`, whose report goes where the thread's go.
+struct Driven<D: Disk> {
+    journal: Journal<D>,
+    report: Arc<dyn Fn(Report) + Send + Sync>,
+}
+
+impl<D: Disk> Driven<D> {
+    fn start(
+        disk: D,
+        dir: &Path,
+        generation: u64,
+        policy: Policy,
+        report: impl Fn(Report) + Send + Sync + 'static,
+    ) -> Driven<D> {
+        let report: Arc<dyn Fn(Report) + Send + Sync> = Arc::new(report);
+        let thread = report.clone();
+        let journal = start_on(disk, dir.to_path_buf(), generation, policy, move |r| {
+            thread(r)
+        })
+        .expect("the writer starts");
+        Driven { journal, report }
+    }
+
+    fn append(&self, upto: Seq, records: Vec<Record>) {
+        self.journal.append(upto, records);
+        if let Some(report) = self.journal.write_queued() {
+            (self.report)(report);
+        }
+    }
+}
+
+impl<D: Disk> std::ops::Deref for Driven<D> {
+    type Target = Journal<D>;
+
+    fn deref(&self) -> &Journal<D> {
+        &self.journal
+    }
+}
+
+fn start_real(
+    dir: &Path,
+    generation: u64,
+    fsync: Fsync,
+) -> (Driven<RealDisk>, mpsc::Receiver<Report>) {
     let (tx, rx) = mpsc::channel();
     let policy = Policy::new(fsync, Duration::from_millis(5));
-    let journal = start(dir.to_path_buf(), generation, policy, move |r| {
+    let journal = Driven::start(RealDisk, dir, generation, policy, move |r| {
         let _ = tx.send(r);
-    })
-    .unwrap();
+    });
     (journal, rx)
 }
 
@@ -210,18 +278,11 @@ fn life(
         retry: Duration::ZERO,
     };
     let reporter = disk.clone();
-    let journal = start_on(
-        disk.clone(),
-        dir.to_path_buf(),
-        generation,
-        policy,
-        move |r| {
-            if let Report::Durable { upto, .. } = r {
-                reporter.report(upto);
-            }
-        },
-    )
-    .expect("the writer starts");
+    let journal = Driven::start(disk.clone(), dir, generation, policy, move |r| {
+        if let Report::Durable { upto, .. } = r {
+            reporter.report(upto);
+        }
+    });
     disk.fail_at(plan.fail_at.iter().copied());
     disk.crash_at(plan.crash_at);
     let next = |sequence: &Vec<u64>| sequence.iter().max().map_or(0, |n| n + 1);
@@ -241,7 +302,7 @@ fn life(
             }
             Step::Snapshot { chunks, end } => {
                 poll("the writer takes the last snapshot's chunks", || {
-                    disk.crashed() || *journal.chunks.queued.lock().unwrap() == 0
+                    disk.crashed() || *journal.shared.chunks.queued.lock().unwrap() == 0
                 });
                 if disk.crashed() {
                     break;
@@ -378,12 +439,11 @@ fn events_of_a_run(fsync: Fsync) -> Vec<Event> {
     let disk = MemDisk::default();
     let reporter = disk.clone();
     let policy = Policy::new(fsync, Duration::from_secs(3600));
-    let journal = start_on(disk.clone(), "/data".into(), 0, policy, move |r| {
+    let journal = Driven::start(disk.clone(), Path::new("/data"), 0, policy, move |r| {
         if let Report::Durable { upto, .. } = r {
             reporter.report(upto);
         }
-    })
-    .unwrap();
+    });
     for i in 1..=40 {
         journal.append(i, vec![numbered(i)]);
         if i == 20 {
@@ -557,7 +617,7 @@ fn measure_disk_under_churn() {
                 }
             }
             if wants_compaction(journal_bytes, snapshot_bytes)
-                && *journal.chunks.queued.lock().unwrap() == 0
+                && *journal.shared.chunks.queued.lock().unwrap() == 0
             {
                 snapshots += 1;
                 journal.begin_snapshot(replica.snapshot_head());
@@ -623,4 +683,24 @@ fn measure_recovery_of_a_gibibyte_of_large_values() {
     drop(journal);
     time_recovery("journal of 16k × 64 KiB", &journal_path(&dir, 0));
     let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn with_interval_the_caller_writes_its_appends_and_with_always_the_thread_does() {
+    for (fsync, inline) in [
+        (Fsync::Interval, true),
+        (Fsync::Never, true),
+        (Fsync::Always, false),
+    ] {
+        let disk = MemDisk::default();
+        let policy = Policy::new(fsync, Duration::from_secs(3600));
+        let journal = start_on(disk, "/data".into(), 0, policy, |_| {}).unwrap();
+        journal.append(1, vec![numbered(1)]);
+        let report = journal.write_queued();
+        assert_eq!(
+            matches!(report, Some(Report::Durable { upto: 1, .. })),
+            inline,
+            "{fsync:?}: {report:?}"
+        );
+    }
 }
