@@ -36,14 +36,22 @@
 //!
 //! # Durability
 //!
-//! The writer thread takes every append already queued (group commit), writes them with
-//! one `write`, then, by `--fsync` policy: `always` syncs (`fdatasync`) before it reports
+//! The writer takes every append already queued (group commit), writes them with one
+//! `write`, then, by `--fsync` policy: `always` syncs (`fdatasync`) before it reports
 //! them durable; `interval` reports them once written (the OS has them) and syncs at most
 //! every `--fsync-interval`; `never` leaves syncing to the OS. Under every policy a record
 //! is reported only once the OS has it, so a write survives a crash of the process; with
-//! `always` it also survives a power loss. A failed write is reported as an error, the
-//! file is cut back to its last whole frame before the next attempt, and the batch is
-//! retried.
+//! `always` it also survives a power loss. With `always` the writer is a thread; with
+//! `interval` and `never` the node's tasks write their own appends (`Journal::write_queued`)
+//! and the thread only syncs, retries and writes snapshots. A failed write is reported as
+//! an error, the file is cut back to its last whole frame before the next attempt, and
+//! the batch is retried by the thread.
+//!
+//! # Recovery
+//!
+//! `Recovery` is an iterator over the records of the newest snapshot and the journals
+//! after it, reading one frame at a time (`frame::Frames`): the caller replays each
+//! record as it comes, so a whole file or every record is never held at once.
 
 pub mod codec;
 pub mod disk;
