@@ -63,7 +63,8 @@ pub struct Replicate {
 }
 
 /// "Send me what my clock misses", one chunk at a time: keys after `after`. Answered
-/// with a `replica::Delta` whose `next` is the `after` of the following request.
+/// with a `replica::Delta` whose `next` is the `after` of the following request; a chunk
+/// may hold no entry, and only a `next` of `None` ends the transfer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SyncRequest {
     pub from: Addr,

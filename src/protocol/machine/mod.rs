@@ -312,6 +312,9 @@ pub struct Machine<W> {
     collection: Option<tombstones::Collection>,
     #[cfg(test)]
     bugs: Bugs,
+    /// The bounds of a catch-up chunk this machine serves: bytes, records scanned (the
+    /// `peers::SYNC_CHUNK_*` constants; tests shrink them).
+    sync_chunk: (usize, usize),
 }
 
 impl<W> Machine<W> {
@@ -346,6 +349,7 @@ impl<W> Machine<W> {
             collection: None,
             #[cfg(test)]
             bugs: Bugs::default(),
+            sync_chunk: (peers::SYNC_CHUNK_BYTES, peers::SYNC_CHUNK_SCAN),
         }
     }
 
@@ -411,6 +415,13 @@ impl<W> Machine<W> {
     #[cfg(test)]
     pub fn plant(&mut self, bugs: Bugs) {
         self.bugs = bugs;
+    }
+
+    /// Serves catch-up chunks of at most `max_bytes` and `max_scanned` records (test
+    /// builds only: small chunks make every pull take many steps).
+    #[cfg(test)]
+    pub fn bound_sync_chunks(&mut self, max_bytes: usize, max_scanned: usize) {
+        self.sync_chunk = (max_bytes, max_scanned);
     }
 
     pub fn settings(&self) -> &Settings {

@@ -333,3 +333,89 @@ fn a_recovered_replica_starts_a_new_life_above_every_earlier_one() {
     let got = replies(second.take_outputs());
     assert!(matches!(&got[..], [(2, Reply::Found { value, .. })] if &**value == "1"));
 }
+
+/// The one sync request A sent to B, as its call and the key it asks after.
+fn sync_to_b(m: &mut Machine<u32>) -> (CallId, Option<Key>) {
+    let syncs: Vec<(CallId, Option<Key>)> = (sends(m).into_iter())
+        .filter_map(|(call, to, message)| match message {
+            Message::Sync(request) if *to == *B => Some((call, request.after)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(syncs.len(), 1, "one chunk in flight: {syncs:?}");
+    syncs.into_iter().next().unwrap()
+}
+
+/// B with one write of "x", and a request at A parked on it.
+fn parked_on_b(m: &mut Machine<u32>) -> Replica {
+    let mut b = Replica::new(B.into(), 10);
+    b.start_incarnation(5);
+    let theirs = b.write(
+        "x".into(),
+        Some(value("1")),
+        &Clock::new(),
+        &Limits::loose(),
+    );
+    let get = Request::Get {
+        key: "x".into(),
+        deps: theirs.unwrap().metadata,
+    };
+    m.request(1, get, at(10));
+    b
+}
+
+#[test]
+fn an_empty_chunk_with_a_next_key_does_not_end_a_pull() {
+    let mut m = a_with_b();
+    let b = parked_on_b(&mut m);
+    let (call, after) = sync_to_b(&mut m);
+    assert_eq!(after, None);
+    // B scanned up to "a" and found nothing A misses there.
+    let empty = Delta {
+        clock: b.clock().clone(),
+        next: Some("a".into()),
+        ..Delta::default()
+    };
+    m.answered(call, Ok(Answer::Delta(empty)), at(11));
+    let (call, after) = sync_to_b(&mut m);
+    assert_eq!(
+        after.as_deref(),
+        Some("a"),
+        "continues after the key scanned"
+    );
+    let rest = b.delta_chunk(&Clock::new(), after.as_deref(), usize::MAX, usize::MAX);
+    m.answered(call, Ok(Answer::Delta(rest)), at(12));
+    let got = replies(m.take_outputs());
+    assert!(
+        matches!(&got[..], [(1, Reply::Found { value, .. })] if &**value == "1"),
+        "served once the pull is over"
+    );
+}
+
+#[test]
+fn a_chunk_that_does_not_move_on_ends_the_pull() {
+    let mut m = a_with_b();
+    let b = parked_on_b(&mut m);
+    let (call, _) = sync_to_b(&mut m);
+    let chunk = |next: &str| Delta {
+        clock: b.clock().clone(),
+        next: Some(next.into()),
+        ..Delta::default()
+    };
+    m.answered(call, Ok(Answer::Delta(chunk("m"))), at(11));
+    let (call, after) = sync_to_b(&mut m);
+    assert_eq!(after.as_deref(), Some("m"));
+    m.answered(call, Ok(Answer::Delta(chunk("b"))), at(12));
+    let outputs = m.take_outputs();
+    let again = outputs.iter().any(|o| {
+        matches!(
+            o,
+            Output::Send {
+                message: Message::Sync(_),
+                ..
+            }
+        )
+    });
+    assert!(!again, "no request for the same range again");
+    assert!(replies(outputs).is_empty());
+}

@@ -260,33 +260,43 @@ impl Store {
 
     /// The entries whose write `clock` does not include (what a replica at `clock` misses;
     /// the entries it does include it already holds, or something that beats them), in key
-    /// order after `after`, until their [sizes](ENTRY_OVERHEAD_BYTES) reach `max_bytes`.
-    /// Returns them and the key to continue after, `None` when the scan is complete.
+    /// order after `after`: one chunk of a catch-up.
+    ///
+    /// The chunk ends before the next record once its entries' [sizes](ENTRY_OVERHEAD_BYTES)
+    /// reach `max_bytes` or `max_scanned` records were visited, covered ones included, so
+    /// that a chunk costs little even when the asker misses few keys of a large store. At
+    /// least one record is visited, so a scan always moves on. Returns the entries and the
+    /// last key visited, to continue after (`None` when the scan is complete); the chunk
+    /// answers for exactly the records in `(after, next]`, and may hold no entry at all.
     pub fn missing_from(
         &self,
         clock: &Clock,
         after: Option<&str>,
         max_bytes: usize,
+        max_scanned: usize,
     ) -> (Vec<(Key, Entry)>, Option<Key>) {
         let covered = self.covered_by(clock);
         let mut found = Vec::new();
-        let mut bytes = 0;
-        let mut next = None;
-        let _ = self
+        let (mut bytes, mut scanned) = (0, 0);
+        let mut last: Vec<u8> = Vec::new();
+        let complete = self
             .records
             .visit_after(after.map(str::as_bytes), |key, record| {
-                let version = record.version;
-                if version.seq <= covered[version.incarnation as usize] {
-                    return ControlFlow::Continue(());
-                }
-                if bytes >= max_bytes {
-                    next = found.last().map(|(k, _): &(Key, Entry)| k.clone());
+                if scanned > 0 && (bytes >= max_bytes || scanned >= max_scanned) {
                     return ControlFlow::Break(());
                 }
-                bytes += key.len() + record.value.len() + ENTRY_OVERHEAD_BYTES;
-                found.push(self.entry_of(key, &record));
+                scanned += 1;
+                last.clear();
+                last.extend_from_slice(key);
+                let version = record.version;
+                if version.seq > covered[version.incarnation as usize] {
+                    bytes += key.len() + record.value.len() + ENTRY_OVERHEAD_BYTES;
+                    found.push(self.entry_of(key, &record));
+                }
                 ControlFlow::Continue(())
-            });
+            })
+            .is_continue();
+        let next = (!complete).then(|| Key::from(String::from_utf8_lossy(&last)));
         (found, next)
     }
 
@@ -454,12 +464,73 @@ pub(crate) mod tests {
                 .map(|(k, _)| k.to_string())
                 .collect::<Vec<_>>()
         };
-        let (first, next) = store.missing_from(&clock, None, 2 * ENTRY_OVERHEAD_BYTES);
+        let (first, next) = store.missing_from(&clock, None, 2 * ENTRY_OVERHEAD_BYTES, usize::MAX);
         assert_eq!(keys(&first), ["c", "d"]);
         assert_eq!(next.as_deref(), Some("d"));
-        let (rest, next) = store.missing_from(&clock, Some("d"), 2 * ENTRY_OVERHEAD_BYTES);
+        let (rest, next) =
+            store.missing_from(&clock, Some("d"), 2 * ENTRY_OVERHEAD_BYTES, usize::MAX);
         assert_eq!(keys(&rest), ["e"]);
         assert_eq!(next, None);
+    }
+
+    /// Every chunk of what `clock` misses after `after`, in order, until the scan ends.
+    fn chunks(
+        store: &Store,
+        clock: &Clock,
+        max_bytes: usize,
+        max_scanned: usize,
+    ) -> Vec<(Vec<String>, Option<Key>)> {
+        let mut all = Vec::new();
+        let mut after: Option<Key> = None;
+        loop {
+            let (found, next) = store.missing_from(clock, after.as_deref(), max_bytes, max_scanned);
+            let keys = found.into_iter().map(|(k, _)| k.to_string()).collect();
+            all.push((keys, next.clone()));
+            match next {
+                Some(key) => after = Some(key),
+                None => return all,
+            }
+        }
+    }
+
+    #[test]
+    fn a_scan_limit_ends_chunks_without_entries_and_resumes() {
+        let mut store = Store::new();
+        for i in 0..10u64 {
+            store.apply(format!("k{i}").into(), entry(Some("1"), 1, "x", i + 1));
+        }
+        let mut all = Clock::new();
+        all.advance(&dot("x", 1, 10));
+        let (found, next) = store.missing_from(&all, None, usize::MAX, 4);
+        assert!(found.is_empty(), "the asker holds everything");
+        assert_eq!(next.as_deref(), Some("k3"), "the last key visited");
+        let (found, next) = store.missing_from(&all, next.as_deref(), usize::MAX, 4);
+        assert_eq!((found.len(), next.as_deref()), (0, Some("k7")));
+        let (found, next) = store.missing_from(&all, next.as_deref(), usize::MAX, 4);
+        assert_eq!((found.len(), next), (0, None), "the scan is complete");
+        // An asker at x:5 misses k5..k9: chunks of 3 visits collect exactly those.
+        let mut some = Clock::new();
+        some.advance(&dot("x", 1, 5));
+        let got = chunks(&store, &some, usize::MAX, 3);
+        let nexts: Vec<Option<&str>> = got.iter().map(|(_, n)| n.as_deref()).collect();
+        assert_eq!(nexts, [Some("k2"), Some("k5"), Some("k8"), None]);
+        let keys: Vec<String> = got.into_iter().flat_map(|(keys, _)| keys).collect();
+        assert_eq!(keys, ["k5", "k6", "k7", "k8", "k9"]);
+    }
+
+    #[test]
+    fn a_chunk_visits_at_least_one_record() {
+        let mut store = Store::new();
+        for i in 0..3u64 {
+            store.apply(format!("k{i}").into(), entry(Some("1"), 1, "x", i + 1));
+        }
+        for (max_bytes, max_scanned) in [(0, 0), (0, usize::MAX), (usize::MAX, 0)] {
+            let got = chunks(&store, &Clock::new(), max_bytes, max_scanned);
+            let keys: Vec<Vec<String>> = got.into_iter().map(|(keys, _)| keys).collect();
+            assert_eq!(keys, [["k0"], ["k1"], ["k2"]]);
+        }
+        let empty = Store::new();
+        assert_eq!(empty.missing_from(&Clock::new(), None, 0, 0).1, None);
     }
 
     #[test]
@@ -478,7 +549,11 @@ pub(crate) mod tests {
         /// The store holds, per key, the write with the highest version, as a plain map
         /// of entries would; catch-up in chunks yields exactly the uncovered entries.
         #[test]
-        fn agrees_with_a_map_of_entries(writes in prop::collection::vec(arb_write(), 0..40)) {
+        fn agrees_with_a_map_of_entries(
+            writes in prop::collection::vec(arb_write(), 0..40),
+            max_bytes in 0..4 * ENTRY_OVERHEAD_BYTES,
+            max_scanned in 0usize..8,
+        ) {
             let mut store = Store::new();
             let mut model: BTreeMap<String, Entry> = BTreeMap::new();
             for (i, (k, lamport, writer, v)) in writes.into_iter().enumerate() {
@@ -506,16 +581,10 @@ pub(crate) mod tests {
 
             let mut clock = Clock::new();
             clock.advance(&dot("a", 1, 10));
-            let mut chunked = Vec::new();
-            let mut after: Option<Key> = None;
-            loop {
-                let (chunk, next) = store.missing_from(&clock, after.as_deref(), 2 * ENTRY_OVERHEAD_BYTES);
-                chunked.extend(chunk.into_iter().map(|(k, _)| k.to_string()));
-                match next {
-                    Some(key) => after = Some(key),
-                    None => break,
-                }
-            }
+            let chunked: Vec<String> = chunks(&store, &clock, max_bytes, max_scanned)
+                .into_iter()
+                .flat_map(|(keys, _)| keys)
+                .collect();
             let uncovered: Vec<String> = model
                 .iter()
                 .filter(|(_, e)| !clock.covers(&e.dot))

@@ -104,6 +104,9 @@ pub struct SimConfig {
     pub durable: Option<bool>,
     #[cfg(test)]
     pub bugs: crate::protocol::machine::Bugs,
+    /// Bounds of catch-up chunks (bytes, records scanned) other than the product's.
+    #[cfg(test)]
+    pub sync_chunk: Option<(usize, usize)>,
 }
 
 impl SimConfig {
@@ -116,6 +119,8 @@ impl SimConfig {
             durable: None,
             #[cfg(test)]
             bugs: Default::default(),
+            #[cfg(test)]
+            sync_chunk: None,
         }
     }
 }
@@ -204,6 +209,10 @@ pub fn run(config: &SimConfig, verbose: bool) -> Outcome {
     world.check_acks = network.loss_ppm == 0;
     #[cfg(test)]
     world.plant(config.bugs);
+    #[cfg(test)]
+    {
+        world.sync_chunk = config.sync_chunk;
+    }
     let storage = if durable { "durable" } else { "in memory" };
     world.note(format!("{replicas} replicas {storage}, {network:?}"));
     for r in 0..replicas {

@@ -50,6 +50,19 @@ fn the_clean_protocol_passes() {
     }
 }
 
+/// Catch-up chunks of one or two records: every pull takes many steps, most chunks carry
+/// no entry (the puller holds what was scanned), full ones drop by ranges of a few keys.
+#[test]
+fn the_clean_protocol_passes_with_tiny_catch_up_chunks() {
+    let entry = crate::protocol::store::ENTRY_OVERHEAD_BYTES;
+    for (seed, bounds) in (1..=6).zip([(entry, 1), (usize::MAX, 2), (2 * entry, 2)].repeat(2)) {
+        let mut config = SimConfig::new(seed, None, DURATION);
+        config.sync_chunk = Some(bounds);
+        let outcome = run(&config, false);
+        assert!(outcome.passed(), "{bounds:?}: {}", outcome.summary());
+    }
+}
+
 #[test]
 fn durable_replicas_keep_every_acknowledged_write_through_power_losses() {
     for seed in 1..=6 {

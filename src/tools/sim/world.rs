@@ -193,6 +193,10 @@ pub struct World {
     pub crash_after_ack: bool,
     #[cfg(test)]
     bugs: crate::protocol::machine::Bugs,
+    /// Bounds of the catch-up chunks replicas serve (bytes, records scanned), when not
+    /// the product's.
+    #[cfg(test)]
+    pub sync_chunk: Option<(usize, usize)>,
 }
 
 impl World {
@@ -235,6 +239,8 @@ impl World {
             crash_after_ack: false,
             #[cfg(test)]
             bugs: Default::default(),
+            #[cfg(test)]
+            sync_chunk: None,
         }
     }
 
@@ -318,6 +324,10 @@ impl World {
         };
         #[cfg(test)]
         machine.plant(self.bugs);
+        #[cfg(test)]
+        if let Some((max_bytes, max_scanned)) = self.sync_chunk {
+            machine.bound_sync_chunks(max_bytes, max_scanned);
+        }
         let slot = &mut self.slots[r];
         slot.life += 1;
         slot.tick_at = None;
