@@ -423,3 +423,32 @@ async fn prometheus_scrapes_the_cluster_and_sees_a_cut_off_peer() {
         .await;
     cluster.wait_ready(within(PROMETHEUS_DEADLINE)).await;
 }
+
+#[tokio::test]
+async fn lock_holds_are_timed_in_cpu_time_only_when_asked() {
+    let count = |samples: &[Sample], name: &str| {
+        (samples.iter())
+            .find(|s| s.name == name)
+            .map(|s| s.value)
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    for (args, counted) in [(&["--lock-cpu-metrics"][..], true), (&[][..], false)] {
+        let cluster = TestCluster::start_with("metrics-cpu", 1, args).await;
+        let mut session = Session::default();
+        for n in 0..10 {
+            session
+                .put_at(cluster.node(0), &format!("k{n}"), json!(n))
+                .await;
+        }
+        let text = scrape(&cluster.addr(0)).await;
+        let samples = parse_exposition(&text).expect("valid exposition");
+        let cpu = count(&samples, "causalkv_lock_hold_cpu_seconds_count");
+        let wall = count(&samples, "causalkv_lock_hold_seconds_count");
+        assert!(wall >= 10.0, "{wall}");
+        match counted {
+            // Both are observed as each hold ends; the scrape's own hold may fall between.
+            true => assert!(cpu >= 10.0 && cpu <= wall, "cpu {cpu}, wall {wall}"),
+            false => assert_eq!(cpu, 0.0),
+        }
+    }
+}

@@ -861,16 +861,23 @@ mod tests {
         use std::time::{Duration, Instant};
         let mut to = Replica::with_journal("b".into(), 10, []);
         to.merge_clock(their);
+        // The thread's CPU time tells work from the machine preempting the test.
+        let cpu = || {
+            let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID);
+            now.map_or(Duration::ZERO, Duration::from)
+        };
         let (mut serve, mut merge): (Vec<Duration>, Vec<Duration>) = (Vec::new(), Vec::new());
+        let mut merge_cpu: Vec<Duration> = Vec::new();
         let mut after: Option<Key> = None;
         loop {
             let started = Instant::now();
             let chunk = from.delta_chunk(their, after.as_deref(), max_bytes, max_scanned);
             serve.push(started.elapsed());
             let next = chunk.next.clone();
-            let started = Instant::now();
+            let (started, cpu_started) = (Instant::now(), cpu());
             to.merge_chunk(after.as_deref(), chunk);
             merge.push(started.elapsed());
+            merge_cpu.push(cpu().saturating_sub(cpu_started));
             to.take_journal();
             match next {
                 Some(key) => after = Some(key),
@@ -889,12 +896,13 @@ mod tests {
             n => n.to_string(),
         };
         println!(
-            "  bytes {:>8} scan {:>6} chunks {:>5}: serve {}; merge {}",
+            "  bytes {:>8} scan {:>6} chunks {:>5}: serve {}; merge {}; merge CPU {}",
             limit(max_bytes),
             limit(max_scanned),
             serve.len(),
             stats(serve),
             stats(merge),
+            stats(merge_cpu),
         );
     }
 

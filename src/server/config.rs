@@ -134,6 +134,11 @@ pub struct ServeArgs {
     /// Longest time between two syncs with --fsync interval.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub fsync_interval: Duration,
+    /// Also time each hold of the protocol machine's lock in the holding thread's CPU
+    /// time (`causalkv_lock_hold_cpu_seconds`), which tells work under the lock from a
+    /// thread preempted while holding it. Costs two clock reads per hold.
+    #[arg(long, env = "LOCK_CPU_METRICS")]
+    pub lock_cpu_metrics: bool,
 }
 
 /// Where the cluster secret comes from.
@@ -175,6 +180,7 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     pub fsync: Fsync,
     pub fsync_interval: Duration,
+    pub lock_cpu_metrics: bool,
 }
 
 impl ServeArgs {
@@ -214,6 +220,7 @@ impl ServeArgs {
             data_dir: self.data_dir.clone(),
             fsync: self.fsync,
             fsync_interval: self.fsync_interval,
+            lock_cpu_metrics: self.lock_cpu_metrics,
         })
     }
 

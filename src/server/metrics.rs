@@ -85,6 +85,8 @@ pub struct Metrics {
     anti_entropy_entries: Counter,
     tombstones_collected: Counter,
     lock_hold: Histogram,
+    /// The same holds in the holding thread's CPU time (with `--lock-cpu-metrics`).
+    lock_hold_cpu: Histogram,
     /// The longest hold of the machine's lock since start, in nanoseconds (kept here, as
     /// an atomic maximum; the gauge is set from it at each scrape).
     lock_hold_max_ns: AtomicU64,
@@ -132,6 +134,7 @@ impl Metrics {
             anti_entropy_entries: Counter::default(),
             tombstones_collected: Counter::default(),
             lock_hold: Histogram::new(LOCK_HOLD_BUCKETS),
+            lock_hold_cpu: Histogram::new(LOCK_HOLD_BUCKETS),
             lock_hold_max_ns: AtomicU64::new(0),
             lock_hold_max: Gauge::default(),
             keys: Gauge::default(),
@@ -215,6 +218,13 @@ impl Metrics {
             self.lock_hold.clone(),
         );
         r.register(
+            "lock_hold_cpu_seconds",
+            "The CPU time the holding thread spent in each hold of the protocol machine's \
+             lock (only with --lock-cpu-metrics; a hold longer than its CPU time was \
+             preempted)",
+            self.lock_hold_cpu.clone(),
+        );
+        r.register(
             "lock_hold_max_seconds",
             "The longest hold of the protocol machine's lock since the replica started",
             self.lock_hold_max.clone(),
@@ -284,6 +294,11 @@ impl Metrics {
     }
 
     /// One hold of the machine's lock that lasted `held`.
+    /// CPU time the holding thread spent in one hold (with `--lock-cpu-metrics`).
+    pub fn lock_held_cpu(&self, cpu: Duration) {
+        self.lock_hold_cpu.observe(cpu.as_secs_f64());
+    }
+
     pub fn lock_held(&self, held: Duration) {
         self.lock_hold.observe(held.as_secs_f64());
         let nanos = u64::try_from(held.as_nanos()).unwrap_or(u64::MAX);

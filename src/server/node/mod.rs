@@ -17,7 +17,8 @@
 //! `.await` (the pattern of mini-redis's `db.rs`). The per-peer HTTP clients sit under a
 //! second mutex that is never held together with the first. Network I/O always happens
 //! after the guards are dropped. Every hold of the machine's lock is timed (one
-//! `Instant::now()` pair) into `causalkv_lock_hold_seconds`.
+//! `Instant::now()` pair) into `causalkv_lock_hold_seconds`; with `--lock-cpu-metrics`
+//! also in the thread's CPU time, into `causalkv_lock_hold_cpu_seconds`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -139,6 +140,7 @@ impl Node {
         Held {
             guard,
             since: std::time::Instant::now(),
+            cpu_since: self.config.lock_cpu_metrics.then(thread_cpu_time).flatten(),
             metrics: &self.metrics,
         }
     }
@@ -370,7 +372,16 @@ impl Node {
 struct Held<'a> {
     guard: MutexGuard<'a, Machine<Waiter>>,
     since: std::time::Instant,
+    /// The thread's CPU time when it took the lock (with `--lock-cpu-metrics`).
+    cpu_since: Option<std::time::Duration>,
     metrics: &'a Metrics,
+}
+
+/// The calling thread's CPU time so far.
+fn thread_cpu_time() -> Option<std::time::Duration> {
+    use nix::time::{ClockId, clock_gettime};
+    let now = clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).ok()?;
+    Some(std::time::Duration::from(now))
 }
 
 impl Deref for Held<'_> {
@@ -390,6 +401,11 @@ impl DerefMut for Held<'_> {
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.metrics.lock_held(self.since.elapsed());
+        if let Some(before) = self.cpu_since
+            && let Some(now) = thread_cpu_time()
+        {
+            self.metrics.lock_held_cpu(now.saturating_sub(before));
+        }
     }
 }
 

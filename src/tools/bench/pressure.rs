@@ -6,7 +6,9 @@
 //! DURATION (and at most [`MAX_OPS`] operations each). Every replica's `/metrics` is scraped before and
 //! after: the lock-hold histogram's difference is the phase's holds, how many exceeded the
 //! 1 ms budget, and a bound on the longest; the maximum since start is shown before and
-//! after.
+//! after. The replicas of `--scale` run with `--lock-cpu-metrics`, so the same holds are
+//! also counted in the holding thread's CPU time: a hold over budget in wall-clock time
+//! but not in CPU time was a thread preempted while it held the lock, not work.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::driver::{Driver, DriverConfig, Target};
 use super::load::{self, Plan};
 use super::progress::Progress;
-use super::scrape::{self, HOLD_BUDGET_S, LockHolds};
+use super::scrape::{self, HOLD_BUDGET_S, Holds, LockHolds};
 use super::stats::KindReport;
 use super::workload::{Distribution, KeyChooser, Workload};
 use super::{BenchArgs, BenchError};
@@ -46,6 +48,10 @@ pub struct ReplicaHolds {
     /// The longest hold since start, before and after the phase (seconds).
     pub max_before_s: f64,
     pub max_after_s: f64,
+    /// The phase's holds in the holding thread's CPU time (replicas started with
+    /// `--lock-cpu-metrics`): a hold longer than its CPU time was preempted.
+    #[serde(default)]
+    pub cpu: Option<LockHolds>,
 }
 
 /// Runs the phase against `addrs` for `duration`.
@@ -89,9 +95,14 @@ pub async fn run(
             .zip(before.iter().zip(&after))
             .map(|(addr, (before, after))| ReplicaHolds {
                 addr: addr.clone(),
-                phase: after.since(before),
-                max_before_s: before.max_s,
-                max_after_s: after.max_s,
+                phase: after.wall.since(&before.wall),
+                max_before_s: before.wall.max_s,
+                max_after_s: after.wall.max_s,
+                cpu: match (&before.cpu, &after.cpu) {
+                    (Some(b), Some(a)) => Some(a.since(b)),
+                    (None, Some(a)) => Some(a.clone()),
+                    _ => None,
+                },
             })
             .collect(),
     })
@@ -112,10 +123,7 @@ fn plan(args: &BenchArgs, workload: Workload, duration: Duration, seed: u64) -> 
     })
 }
 
-async fn scrape_all(
-    http: &reqwest::Client,
-    addrs: &[String],
-) -> Result<Vec<LockHolds>, BenchError> {
+async fn scrape_all(http: &reqwest::Client, addrs: &[String]) -> Result<Vec<Holds>, BenchError> {
     let mut all = Vec::with_capacity(addrs.len());
     for addr in addrs {
         all.push(scrape::lock_holds(http, addr).await?);
@@ -149,24 +157,37 @@ impl UnderWrites {
         }
         let _ = writeln!(
             out,
-            "  {:<18}{:>10}{:>10}{:>14}{:>16}{:>15}",
-            "lock holds", "holds", "> 1 ms", "longest ≤ ms", "max before ms", "max after ms"
+            "  {:<18}{:>10}{:>10}{:>14}{:>16}{:>15}{:>12}{:>18}",
+            "lock holds",
+            "holds",
+            "> 1 ms",
+            "longest ≤ ms",
+            "max before ms",
+            "max after ms",
+            "CPU > 1 ms",
+            "CPU longest ≤ ms"
         );
         for r in &self.replicas {
-            let longest = match r.phase.longest_bound_s() {
+            let longest = |holds: &LockHolds| match holds.longest_bound_s() {
                 Some(s) if s.is_finite() => format!("{:.3}", ms(s)),
                 Some(_) => "> last bucket".to_string(),
                 None => "-".to_string(),
             };
+            let (cpu_over, cpu_longest) = match &r.cpu {
+                Some(cpu) => (cpu.longer_than(HOLD_BUDGET_S).to_string(), longest(cpu)),
+                None => ("-".to_string(), "-".to_string()),
+            };
             let _ = writeln!(
                 out,
-                "  {:<18}{:>10}{:>10}{:>14}{:>16.3}{:>15.3}",
+                "  {:<18}{:>10}{:>10}{:>14}{:>16.3}{:>15.3}{:>12}{:>18}",
                 r.addr,
                 r.phase.count,
                 r.phase.longer_than(HOLD_BUDGET_S),
-                longest,
+                longest(&r.phase),
                 ms(r.max_before_s),
-                ms(r.max_after_s)
+                ms(r.max_after_s),
+                cpu_over,
+                cpu_longest
             );
         }
         out

@@ -621,7 +621,9 @@ impl Replicas {
         let _ = std::fs::remove_dir_all(&dir);
         let mut launch = Launch::new(launcher::free_loopback_addrs(n)?)
             .name("scale")
-            .log_dir(&dir);
+            .log_dir(&dir)
+            // Tells work under the lock from preemption (see `pressure`).
+            .args(["--lock-cpu-metrics"]);
         if durable {
             for i in 0..n {
                 let data = dir.join(format!("data-{i}"));

@@ -1,6 +1,8 @@
 //! What the benchmarks read from a replica besides the contract: the lock-hold histogram
 //! and maximum of `GET /metrics` (`causalkv_lock_hold_seconds`,
-//! `causalkv_lock_hold_max_seconds`), and the key count of `GET /health`.
+//! `causalkv_lock_hold_max_seconds`; and `causalkv_lock_hold_cpu_seconds`, the same holds
+//! in CPU time, from a replica run with `--lock-cpu-metrics`), and the key count of
+//! `GET /health`.
 //!
 //! The histogram's cumulative buckets are kept as scraped, so that two scrapes subtract
 //! into what happened between them.
@@ -12,6 +14,7 @@ use crate::tools::client::{Client, Method};
 
 const HOLD: &str = "causalkv_lock_hold_seconds";
 const HOLD_MAX: &str = "causalkv_lock_hold_max_seconds";
+const HOLD_CPU: &str = "causalkv_lock_hold_cpu_seconds";
 /// The request path's budget for one hold of the lock, in seconds.
 pub const HOLD_BUDGET_S: f64 = 0.001;
 
@@ -30,8 +33,18 @@ pub struct LockHolds {
 impl LockHolds {
     /// Parses the families out of an exposition text; `None` if either is missing.
     pub fn parse(text: &str) -> Option<LockHolds> {
+        Self::parse_family(text, HOLD, Some(HOLD_MAX))
+    }
+
+    /// The holds in CPU time; `None` when the replica does not count them.
+    pub fn parse_cpu(text: &str) -> Option<LockHolds> {
+        Self::parse_family(text, HOLD_CPU, None).filter(|holds| holds.count > 0)
+    }
+
+    /// The histogram `family`, and the gauge `max` when given (both required).
+    fn parse_family(text: &str, family: &str, max: Option<&str>) -> Option<LockHolds> {
         let mut holds = LockHolds::default();
-        let (mut seen_count, mut seen_max) = (false, false);
+        let (mut seen_count, mut seen_max) = (false, max.is_none());
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let Some((name, Ok(value))) = line
                 .rsplit_once(' ')
@@ -39,17 +52,17 @@ impl LockHolds {
             else {
                 continue;
             };
-            if let Some(labels) = name.strip_prefix(&format!("{HOLD}_bucket{{")) {
+            if let Some(labels) = name.strip_prefix(&format!("{family}_bucket{{")) {
                 let le = labels.strip_prefix("le=\"")?.strip_suffix("\"}")?;
                 if le != "+Inf" {
                     holds.buckets.push((le.parse().ok()?, value as u64));
                 }
-            } else if name == format!("{HOLD}_count") {
+            } else if name == format!("{family}_count") {
                 holds.count = value as u64;
                 seen_count = true;
-            } else if name == format!("{HOLD}_sum") {
+            } else if name == format!("{family}_sum") {
                 holds.sum_s = value;
-            } else if name == HOLD_MAX {
+            } else if Some(name) == max {
                 holds.max_s = value;
                 seen_max = true;
             }
@@ -102,8 +115,15 @@ impl LockHolds {
     }
 }
 
+/// A replica's lock holds as of a scrape: in wall-clock time, and in CPU time when it
+/// counts them.
+pub struct Holds {
+    pub wall: LockHolds,
+    pub cpu: Option<LockHolds>,
+}
+
 /// `GET /metrics` of `addr`, parsed.
-pub async fn lock_holds(http: &reqwest::Client, addr: &str) -> Result<LockHolds, BenchError> {
+pub async fn lock_holds(http: &reqwest::Client, addr: &str) -> Result<Holds, BenchError> {
     let url = format!("http://{addr}/metrics");
     let text = async { http.get(&url).send().await?.text().await }
         .await
@@ -111,11 +131,13 @@ pub async fn lock_holds(http: &reqwest::Client, addr: &str) -> Result<LockHolds,
             endpoint: url.clone(),
             reason: e.to_string(),
         })?;
-    LockHolds::parse(&text).ok_or_else(|| {
+    let wall = LockHolds::parse(&text).ok_or_else(|| {
         BenchError::Setup(format!(
             "{url} has no {HOLD} (a causalkv older than this bench?)"
         ))
-    })
+    })?;
+    let cpu = LockHolds::parse_cpu(&text);
+    Ok(Holds { wall, cpu })
 }
 
 /// The number of keys `addr` holds, from `GET /health`; `None` while it does not answer.
@@ -176,6 +198,20 @@ mod tests {
         );
         let json = serde_json::to_string(&phase).expect("encodes");
         assert_eq!(serde_json::from_str::<LockHolds>(&json).ok(), Some(phase));
+    }
+
+    #[test]
+    fn cpu_holds_parse_only_when_counted() {
+        let wall = text(&[("0.001", 4), ("+Inf", 5)], 0.01, 0.003);
+        assert_eq!(LockHolds::parse_cpu(&wall), None);
+        let cpu = wall.replace("causalkv_lock_hold_seconds", HOLD_CPU);
+        let holds = LockHolds::parse_cpu(&cpu).expect("parses");
+        assert_eq!((holds.count, holds.longer_than(HOLD_BUDGET_S)), (5, 1));
+        let none = wall
+            .replace("causalkv_lock_hold_seconds", HOLD_CPU)
+            .replace(" 4\n", " 0\n");
+        let none = none.replace(" 5\n", " 0\n");
+        assert_eq!(LockHolds::parse_cpu(&none), None);
     }
 
     #[test]
