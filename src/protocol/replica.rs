@@ -146,6 +146,8 @@ impl Replica {
                 Record::Horizon { horizon } => replica.horizon.merge(&horizon),
                 Record::Dropped { key } => replica.store.remove(key.as_bytes()),
             }
+            // Replay holds no lock: it merges as it goes, a step's worth per record.
+            replica.store.end_step();
         }
         replica.journal = Some(Vec::new());
         replica
@@ -258,6 +260,11 @@ impl Replica {
     /// store finished packing recent writes.
     pub fn maintain(&mut self) -> bool {
         self.store.maintain()
+    }
+
+    /// Ends a step of the protocol machine (see [`Store::end_step`]).
+    pub fn end_step(&mut self) {
+        self.store.end_step();
     }
 
     pub fn store(&self) -> &Store {

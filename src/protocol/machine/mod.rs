@@ -446,8 +446,11 @@ impl<W> Machine<W> {
         self.links.get(peer).map_or(0, |link| link.queue.len())
     }
 
-    /// Everything the machine has asked for since the last call, in order.
+    /// Everything the machine has asked for since the last call, in order. The driver
+    /// calls it after every step, so it also ends the step: the store's merge work is
+    /// bounded per step (see `store::table`).
     pub fn take_outputs(&mut self) -> Vec<Output<W>> {
+        self.replica.end_step();
         let records = self.replica.take_journal();
         if !records.is_empty() {
             self.journal_taken += records.len() as Seq;

@@ -150,6 +150,12 @@ impl Store {
         self.records.maintain()
     }
 
+    /// Ends a step of the protocol machine: bounds the merge work of the next one (see
+    /// `table`).
+    pub fn end_step(&mut self) {
+        self.records.end_step();
+    }
+
     /// The version of the record `key` holds, value or tombstone: its Lamport time and
     /// the incarnation that wrote it (the order that decides which write wins).
     pub fn version_of(&self, key: &str) -> Option<(u64, Incarnation)> {

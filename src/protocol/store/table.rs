@@ -12,7 +12,11 @@
 //! cursor into the next few segments they fall in, rewriting a bounded number of bytes
 //! (a segment's worth, up to [`MAX_STEP_SEGMENTS`] when the buffer is that many times
 //! over its threshold), so no call holds the store for long. A pass completes over many
-//! calls; changes made behind its cursor wait for the next one. Segments no change falls
+//! calls; changes made behind its cursor wait for the next one. The steps between two
+//! [`Table::end_step`] calls (one step of the protocol machine, one hold of its lock)
+//! rewrite at most one step's budget in all, however many changes that machine step made
+//! (a replicated batch, a catch-up chunk): merging is spread over machine steps, not
+//! stacked into one. Segments no change falls
 //! in are not rewritten, and memory never holds the store twice. At rest, the store is
 //! its segments' bytes, exactly allocated, and large values in the [`Slab`].
 //!
@@ -95,6 +99,8 @@ pub struct Table {
     pending: Pending,
     /// Changes since the last [`Table::maintain`].
     recent_writes: usize,
+    /// Bytes merge steps rewrote since the last [`Table::end_step`].
+    spent_in_step: usize,
     large: Slab,
     limits: Limits,
 }
@@ -153,20 +159,35 @@ impl Table {
         self.keep_up();
     }
 
-    /// Runs a merge step if a pass is under way, starting one if `pending` is full;
-    /// returns the bytes it spent.
+    /// Runs a merge step if a pass is under way, starting one if `pending` is full, unless
+    /// the steps since the last [`Table::end_step`] used a step's budget already (while
+    /// `pending` is [`MAX_STEP_SEGMENTS`] times over its threshold, merging is behind:
+    /// then every change steps, so that `pending` stays bounded); returns the bytes it
+    /// spent.
     fn keep_up(&mut self) -> usize {
-        if self.fullness() >= 1 {
+        let fullness = self.fullness();
+        if fullness >= 1 {
             self.pending.start_pass();
         }
-        match self.pending.in_pass() {
-            true => self.step(self.step_budget()),
-            false => 0,
+        let budget = match fullness >= MAX_STEP_SEGMENTS {
+            true => self.step_budget(),
+            false => self.step_budget().saturating_sub(self.spent_in_step),
+        };
+        if !self.pending.in_pass() || budget == 0 {
+            return 0;
         }
+        let spent = self.step(budget);
+        self.spent_in_step += spent;
+        spent
     }
 
-    /// Runs a merge step, of the largest size, if the store has been idle since the last
-    /// call and has pending changes; returns whether `pending` is now empty after such a
+    /// Ends a step of the protocol machine: the next change may run a merge step again.
+    pub fn end_step(&mut self) {
+        self.spent_in_step = 0;
+    }
+
+    /// Runs a merge step of a segment's worth (a request may be waiting behind it) if the
+    /// store has been idle since the last call and has pending changes; returns whether `pending` is now empty after such a
     /// step (the store is packed). Meant to be called periodically (the replica's
     /// background loop does, every probe interval): an idle store packs itself over a
     /// number of calls.
@@ -177,7 +198,7 @@ impl Table {
             return false;
         }
         self.pending.start_pass();
-        self.step(self.limits.segment_bytes * MAX_STEP_SEGMENTS);
+        self.step(self.limits.segment_bytes);
         self.pending.is_empty()
     }
 
@@ -584,6 +605,7 @@ mod tests {
                 version(i + 1),
                 b"\"0123456789abcdef\"",
             );
+            table.end_step();
         }
         assert!(table.pending.len() < 2 * 100_000 / 16);
         assert!(
@@ -600,6 +622,51 @@ mod tests {
         assert_eq!(
             table.get(b"k99999").map(|r| r.version),
             Some(version(100_000))
+        );
+    }
+
+    /// Machine steps that each make many changes (replicated batches, catch-up chunks)
+    /// merge one step's budget each, not one per change, until merging falls behind; and
+    /// `pending` stays bounded all the same.
+    #[test]
+    fn a_machine_step_merges_a_bounded_amount_and_pending_stays_bounded() {
+        let limits = Limits {
+            segment_bytes: 1024,
+            min_pending_keys: 64,
+            max_pending_bytes: 1 << 20,
+            large_value_bytes: 100,
+        };
+        let mut table = Table {
+            limits,
+            ..Table::default()
+        };
+        let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(5);
+        let one_step = limits.segment_bytes * (MAX_STEP_SEGMENTS + 2) + 200;
+        let (mut capped, mut most_pending, mut seq) = (0, 0, 0);
+        for _ in 0..400 {
+            let (mut spent, mut behind) = (0, false);
+            for _ in 0..50 {
+                seq += 1;
+                let key = format!("k{}", rand::Rng::random_range(&mut rng, 0..20_000));
+                table
+                    .pending
+                    .insert(key.as_bytes(), write(seq, "\"value\""));
+                behind |= table.fullness() >= MAX_STEP_SEGMENTS;
+                spent += table.keep_up();
+                most_pending = most_pending.max(table.pending.len());
+            }
+            table.end_step();
+            if !behind {
+                assert!(spent <= one_step, "{spent} bytes in one machine step");
+                capped += 1;
+            }
+        }
+        assert!(capped > 100, "{capped} machine steps were capped");
+        let threshold = limits.min_pending_keys.max(table.stored / 16);
+        let bound = (MAX_STEP_SEGMENTS + 1) * threshold + 50;
+        assert!(
+            most_pending <= bound,
+            "{most_pending} pending keys, bound {bound}"
         );
     }
 
@@ -626,6 +693,7 @@ mod tests {
             table.pending.insert(key.as_bytes(), write(seq, &value));
             passes += usize::from(!table.pending.in_pass() && table.fullness() >= 1);
             let spent = table.keep_up();
+            table.end_step();
             assert!(spent <= most_spent, "{spent} bytes in one step");
             most_pending = most_pending.max(table.pending.len());
         }

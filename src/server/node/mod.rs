@@ -130,6 +130,7 @@ impl Node {
         }))
     }
 
+    #[track_caller]
     fn lock(&self) -> Held<'_> {
         // A panic while holding the lock is a bug; the state it guards is still the best
         // this replica has, so keep serving rather than poisoning every later request.
@@ -141,6 +142,7 @@ impl Node {
             guard,
             since: std::time::Instant::now(),
             cpu_since: self.config.lock_cpu_metrics.then(thread_cpu_time).flatten(),
+            at: std::panic::Location::caller(),
             metrics: &self.metrics,
         }
     }
@@ -153,6 +155,7 @@ impl Node {
     }
 
     /// Runs one step of the machine under the lock, then carries out its outputs.
+    #[track_caller]
     fn step<T>(&self, f: impl FnOnce(&mut Machine<Waiter>, Now) -> T) -> T {
         let mut persist = false;
         let (result, outputs, flush) = {
@@ -374,8 +377,13 @@ struct Held<'a> {
     since: std::time::Instant,
     /// The thread's CPU time when it took the lock (with `--lock-cpu-metrics`).
     cpu_since: Option<std::time::Duration>,
+    /// Where the lock was taken (for the step, where the step was asked for).
+    at: &'static std::panic::Location<'static>,
     metrics: &'a Metrics,
 }
+
+/// A hold that takes more CPU time than this is logged, with where it was taken.
+const LOGGED_HOLD_CPU: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// The calling thread's CPU time so far.
 fn thread_cpu_time() -> Option<std::time::Duration> {
@@ -404,7 +412,12 @@ impl Drop for Held<'_> {
         if let Some(before) = self.cpu_since
             && let Some(now) = thread_cpu_time()
         {
-            self.metrics.lock_held_cpu(now.saturating_sub(before));
+            let cpu = now.saturating_sub(before);
+            self.metrics.lock_held_cpu(cpu);
+            if cpu > LOGGED_HOLD_CPU {
+                let (cpu_us, wall_us) = (cpu.as_micros(), self.since.elapsed().as_micros());
+                tracing::info!(at = %self.at, cpu_us, wall_us, "a hold of the machine's lock took over 1 ms of CPU");
+            }
         }
     }
 }
