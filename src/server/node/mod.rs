@@ -139,7 +139,7 @@ impl Node {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         Held {
-            guard,
+            guard: Some(guard),
             since: std::time::Instant::now(),
             cpu_since: self.config.lock_cpu_metrics.then(thread_cpu_time).flatten(),
             at: std::panic::Location::caller(),
@@ -373,7 +373,8 @@ impl Node {
 /// The machine's lock, held: counts how long into `causalkv_lock_hold_seconds` when it
 /// is released (the observation itself, tens of nanoseconds, happens just before).
 struct Held<'a> {
-    guard: MutexGuard<'a, Machine<Waiter>>,
+    /// `Some` until dropped (taken then, to release the lock before logging).
+    guard: Option<MutexGuard<'a, Machine<Waiter>>>,
     since: std::time::Instant,
     /// The thread's CPU time when it took the lock (with `--lock-cpu-metrics`).
     cpu_since: Option<std::time::Duration>,
@@ -396,23 +397,29 @@ impl Deref for Held<'_> {
     type Target = Machine<Waiter>;
 
     fn deref(&self) -> &Machine<Waiter> {
-        &self.guard
+        self.guard
+            .as_deref()
+            .expect("the guard is held until the drop")
     }
 }
 
 impl DerefMut for Held<'_> {
     fn deref_mut(&mut self) -> &mut Machine<Waiter> {
-        &mut self.guard
+        self.guard
+            .as_deref_mut()
+            .expect("the guard is held until the drop")
     }
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.metrics.lock_held(self.since.elapsed());
-        if let Some(before) = self.cpu_since
-            && let Some(now) = thread_cpu_time()
-        {
-            let cpu = now.saturating_sub(before);
+        let cpu = self
+            .cpu_since
+            .and_then(|before| Some(thread_cpu_time()?.saturating_sub(before)));
+        // Released before anything is logged: no I/O under the lock.
+        drop(self.guard.take());
+        if let Some(cpu) = cpu {
             self.metrics.lock_held_cpu(cpu);
             if cpu > LOGGED_HOLD_CPU {
                 let (cpu_us, wall_us) = (cpu.as_micros(), self.since.elapsed().as_micros());
