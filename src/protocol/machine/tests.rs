@@ -109,23 +109,7 @@ fn a_lone_replica_answers_in_the_same_step() {
 #[test]
 fn a_request_waits_for_its_dependencies_then_gives_up() {
     let mut m = a_with_b();
-    let mut b = Replica::new(B.into(), 10);
-    b.start_incarnation(5);
-    let theirs = b.write(
-        "x".into(),
-        Some(value("1")),
-        &Clock::new(),
-        &Limits::loose(),
-    );
-    let deps = theirs.unwrap().metadata;
-    m.request(
-        1,
-        Request::Get {
-            key: "x".into(),
-            deps,
-        },
-        at(10),
-    );
+    parked_on_b(&mut m);
     let pulls = sends(&mut m);
     assert!(
         pulls
