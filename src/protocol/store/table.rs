@@ -625,23 +625,35 @@ mod tests {
         );
     }
 
+    /// A table with small segments and thresholds, so that passes come often.
+    fn small_table(max_pending_bytes: usize) -> Table {
+        let limits = Limits {
+            segment_bytes: 1024,
+            min_pending_keys: 64,
+            max_pending_bytes,
+            large_value_bytes: 100,
+        };
+        Table {
+            limits,
+            ..Table::default()
+        }
+    }
+
+    /// The most one merge step may rewrite: its largest budget, the segment a run may
+    /// absorb at each end, and a record past the budget.
+    fn most_in_one_step(limits: &Limits) -> usize {
+        limits.segment_bytes * (MAX_STEP_SEGMENTS + 2) + 200
+    }
+
     /// Machine steps that each make many changes (replicated batches, catch-up chunks)
     /// merge one step's budget each, not one per change, until merging falls behind; and
     /// `pending` stays bounded all the same.
     #[test]
     fn a_machine_step_merges_a_bounded_amount_and_pending_stays_bounded() {
-        let limits = Limits {
-            segment_bytes: 1024,
-            min_pending_keys: 64,
-            max_pending_bytes: 1 << 20,
-            large_value_bytes: 100,
-        };
-        let mut table = Table {
-            limits,
-            ..Table::default()
-        };
+        let mut table = small_table(1 << 20);
+        let limits = table.limits;
         let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(5);
-        let one_step = limits.segment_bytes * (MAX_STEP_SEGMENTS + 2) + 200;
+        let one_step = most_in_one_step(&limits);
         let (mut capped, mut most_pending, mut seq) = (0, 0, 0);
         for _ in 0..400 {
             let (mut spent, mut behind) = (0, false);
@@ -674,18 +686,10 @@ mod tests {
     /// `pending` stays within a few times its threshold.
     #[test]
     fn steps_and_pending_stay_bounded() {
-        let limits = Limits {
-            segment_bytes: 1024,
-            min_pending_keys: 64,
-            max_pending_bytes: 4096,
-            large_value_bytes: 100,
-        };
-        let mut table = Table {
-            limits,
-            ..Table::default()
-        };
+        let mut table = small_table(4096);
+        let limits = table.limits;
         let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(3);
-        let most_spent = limits.segment_bytes * (MAX_STEP_SEGMENTS + 2) + 200;
+        let most_spent = most_in_one_step(&limits);
         let (mut passes, mut most_pending) = (0, 0);
         for seq in 1..=50_000u64 {
             let key = format!("k{}", rand::Rng::random_range(&mut rng, 0..5000));
