@@ -14,7 +14,8 @@
 #     answering one fixed JSON answer, no store), driven by `causalkv bench` exactly as the
 #     replicas are: the fastest HTTP/JSON answer this machine gives causalkv's stack;
 # runs the same workloads on each, prints one table of medians over the rounds (with each
-# figure's range) and the ratios of causalkv to each peer (targets count on medians), and
+# figure's range, and for the systems `causalkv bench` drives, the servers' CPU time per
+# operation) and the ratios of causalkv to each peer (targets count on medians), and
 # saves JSON, the raw reports and a PNG chart under bench/results/compare-STAMP/.
 #
 # Everything listens on 127.0.0.1 only, lives in a temp dir, and every process this script
@@ -27,7 +28,8 @@
 #                         [--systems "causalkv redis etcd ceiling"] [--port-base P]
 # More systems for --systems: causalkv-always, causalkv-interval (durable replicas:
 # --data-dir with that --fsync policy), redis-aof-always, redis-aof-everysec (Redis
-# with appendonly and that appendfsync).
+# with appendonly and that appendfsync), causalkv-5 (five in-memory replicas: every write
+# is acknowledged after all four peers applied it).
 #                         [--causalkv-threads N] [--rounds N]
 # --causalkv-threads N runs each causalkv replica with N worker threads
 # (`serve --worker-threads`; default: the machine's cores split among the three replicas,
@@ -105,6 +107,13 @@ build() {
     [ -x "$BIN" ] || die "no binary at $BIN"
 }
 
+# The processes started for the system under load, comma-separated: `causalkv bench
+# --server-pids` reports their CPU time per operation (steadier than throughput).
+server_pids() {
+    local IFS=,
+    echo "${PIDS[*]}"
+}
+
 # The options every `causalkv bench` run shares.
 bench_args() {
     BENCH_ARGS=(--concurrency "$CONCURRENCY" --keys "$KEYS" --value-size "$VALUE_SIZE"
@@ -113,22 +122,27 @@ bench_args() {
 
 # ---------------------------------------------------------------- causalkv
 
-# run_causalkv [LABEL [SERVE_OPTION...]]: the cluster labelled LABEL (default causalkv);
+# run_causalkv [LABEL [SERVE_OPTION...]]: the cluster labelled LABEL (default causalkv), of
+# CLUSTER_SIZE replicas (default 3);
 # with options, each replica gets a fresh data directory (--data-dir) and the options
 # (causalkv-always, causalkv-interval: that --fsync policy).
 run_causalkv() {
     local label=${1:-causalkv}
     [ $# -gt 0 ] && shift
+    local n=${CLUSTER_SIZE:-3}
     local p=$PORT_BASE
-    local view="127.0.0.1:$p,127.0.0.1:$((p + 1)),127.0.0.1:$((p + 2))"
-    check_ports "$p" $((p + 1)) $((p + 2))
-    say "$label: 3 replicas on $view"
-    local i
-    # Three replicas share this machine: by default each gets an equal share of its cores,
+    local ports=() i
+    for ((i = 0; i < n; i++)); do ports+=($((p + i))); done
+    local view
+    view=$(printf '127.0.0.1:%s,' "${ports[@]}")
+    view=${view%,}
+    check_ports "${ports[@]}"
+    say "$label: $n replicas on $view"
+    # The replicas share this machine: by default each gets an equal share of its cores,
     # as `causalkv cluster` gives them (Redis runs one main thread per instance).
-    local share=$(($(nproc) / 3))
+    local share=$(($(nproc) / n))
     local threads=(env "CAUSALKV_WORKER_THREADS=${CAUSALKV_THREADS:-$((share > 0 ? share : 1))}")
-    for i in 0 1 2; do
+    for ((i = 0; i < n; i++)); do
         local durable=()
         if [ "$#" -gt 0 ]; then
             rm -rf "$WORK/$label-data-$i"
@@ -137,14 +151,14 @@ run_causalkv() {
         start "$label-$i" "${threads[@]}" "$BIN" serve --listen "127.0.0.1:$((p + i))" --view "$view" \
             "${durable[@]}" "$@"
     done
-    for i in 0 1 2; do
+    for ((i = 0; i < n; i++)); do
         wait_until 30 "causalkv replica $i" view_lists_all "127.0.0.1:$((p + i))" "$view"
     done
     local w
     for w in $WORKLOADS; do
         say "$label: workload $w"
         timeout "$LOAD_TIMEOUT" "$BIN" bench --replica "$view" --label "$label" \
-            --workload "$w" "${BENCH_ARGS[@]}" >"$WORK/$label-$w-r$ROUND.json"
+            --server-pids "$(server_pids)" --workload "$w" "${BENCH_ARGS[@]}" >"$WORK/$label-$w-r$ROUND.json"
     done
     stop_all
     rm -rf "$WORK/$label"-data-*
@@ -270,7 +284,7 @@ run_etcd() {
     for w in $WORKLOADS; do
         say "etcd: workload $w"
         timeout "$LOAD_TIMEOUT" "$BIN" bench --target etcd --replica "$endpoints" --label etcd \
-            --workload "$w" "${BENCH_ARGS[@]}" >"$WORK/etcd-$w-r$ROUND.json"
+            --server-pids "$(server_pids)" --workload "$w" "${BENCH_ARGS[@]}" >"$WORK/etcd-$w-r$ROUND.json"
     done
     stop_all
 }
@@ -297,7 +311,7 @@ run_ceiling() {
     for w in $WORKLOADS; do
         say "ceiling: workload $w"
         timeout "$LOAD_TIMEOUT" "$BIN" bench --replica "$addrs" --label ceiling \
-            --workload "$w" "${BENCH_ARGS[@]}" >"$WORK/ceiling-$w-r$ROUND.json"
+            --server-pids "$(server_pids)" --workload "$w" "${BENCH_ARGS[@]}" >"$WORK/ceiling-$w-r$ROUND.json"
     done
     stop_all
 }
@@ -329,6 +343,7 @@ main() {
                 causalkv) run_causalkv ;;
                 causalkv-always) run_causalkv causalkv-always --fsync always ;;
                 causalkv-interval) run_causalkv causalkv-interval --fsync interval ;;
+                causalkv-5) CLUSTER_SIZE=5 run_causalkv causalkv-5 ;;
                 redis) run_redis ;;
                 redis-aof-always) run_redis redis-aof-always always ;;
                 redis-aof-everysec) run_redis redis-aof-everysec everysec ;;

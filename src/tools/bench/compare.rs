@@ -3,7 +3,8 @@
 //! Each file is a `causalkv bench --json` report, or a row in the same shape written by a
 //! script for a system measured by another tool (`redis-benchmark`): only `system`,
 //! `workload`, `throughput_ops_s` and `overall.latency.{p50_ms,p99_ms}` are read, plus an
-//! optional `note`. The summary is one table (ops/s, p50, p99 per system and workload),
+//! optional `note` and `server_cpu.us_per_op` (the servers' CPU time per operation, which
+//! `--server-pids` adds to a report). The summary is one table (ops/s, p50, p99 per system and workload),
 //! the ratios of causalkv to each peer, and where causalkv stands against the targets of
 //! its performance issue; `--save PATH` writes it to PATH.json and a chart to PATH.png
 //! (drawn by `chart`, with the `charts` feature: this module does not depend on it).
@@ -40,6 +41,9 @@ pub struct Row {
     /// The lowest and highest ops/s of those runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub range: Option<[f64; 2]>,
+    /// The servers' CPU time per operation, in µs (reports run with `--server-pids`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_op: Option<f64>,
 }
 
 fn one() -> usize {
@@ -56,6 +60,13 @@ struct RowSource {
     overall: Option<OverallSource>,
     #[serde(default)]
     note: Option<String>,
+    #[serde(default)]
+    server_cpu: Option<ServerCpuSource>,
+}
+
+#[derive(Deserialize)]
+struct ServerCpuSource {
+    us_per_op: f64,
 }
 
 #[derive(Deserialize)]
@@ -84,6 +95,7 @@ impl Row {
             note: source.note,
             rounds: 1,
             range: None,
+            cpu_us_per_op: source.server_cpu.map(|cpu| cpu.us_per_op),
         })
     }
 
@@ -91,7 +103,7 @@ impl Row {
     /// figure, and the range of ops/s.
     fn median_of(runs: &[Row]) -> Row {
         let ops: Vec<f64> = runs.iter().map(|r| r.ops_per_sec).collect();
-        let latency = |f: fn(&Row) -> Option<f64>| {
+        let median_of = |f: fn(&Row) -> Option<f64>| {
             let values: Vec<f64> = runs.iter().filter_map(f).collect();
             (!values.is_empty()).then(|| median(values))
         };
@@ -101,11 +113,12 @@ impl Row {
             system: runs[0].system.clone(),
             workload: runs[0].workload.clone(),
             ops_per_sec: median(ops),
-            p50_ms: latency(|r| r.p50_ms),
-            p99_ms: latency(|r| r.p99_ms),
+            p50_ms: median_of(|r| r.p50_ms),
+            p99_ms: median_of(|r| r.p99_ms),
             note: runs[0].note.clone(),
             rounds: runs.len(),
             range: (runs.len() > 1).then_some([min, max]),
+            cpu_us_per_op: median_of(|r| r.cpu_us_per_op),
         }
     }
 }
@@ -202,8 +215,8 @@ impl Summary {
     /// The comparison as text.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "{:<10}{:<11}{:>12}{:>10}{:>10}   {}\n",
-            "workload", "system", "ops/s", "p50 ms", "p99 ms", "ops/s range (rounds)"
+            "{:<10}{:<11}{:>12}{:>10}{:>10}{:>12}   {}\n",
+            "workload", "system", "ops/s", "p50 ms", "p99 ms", "CPU µs/op", "ops/s range (rounds)"
         );
         for workload in self.workloads() {
             for system in self.systems() {
@@ -272,8 +285,11 @@ fn row_line(row: &Row) -> String {
         Some([min, max]) => format!("   {}–{} ({})", ops(min), ops(max), row.rounds),
         None => String::new(),
     };
+    let cpu = row
+        .cpu_us_per_op
+        .map_or("-".to_string(), |us| format!("{us:.1}"));
     format!(
-        "{:<10}{:<11}{:>12}{:>10}{:>10}{range}\n",
+        "{:<10}{:<11}{:>12}{:>10}{:>10}{cpu:>12}{range}\n",
         row.workload,
         row.system,
         ops(row.ops_per_sec),
@@ -463,6 +479,7 @@ mod tests {
             note: None,
             rounds: 1,
             range: None,
+            cpu_us_per_op: None,
         }
     }
 
@@ -488,6 +505,10 @@ mod tests {
         let bare =
             r#"{"system":"x","workload":"A","throughput_ops_s":1.0,"overall":{"latency":null}}"#;
         assert_eq!(Row::parse(bare).unwrap().p50_ms, None);
+        assert_eq!(Row::parse(bare).unwrap().cpu_us_per_op, None);
+        let report = r#"{"system":"causalkv","workload":"C","throughput_ops_s":2.0,
+            "server_cpu":{"seconds":1.5,"us_per_op":41.5}}"#;
+        assert_eq!(Row::parse(report).unwrap().cpu_us_per_op, Some(41.5));
         assert!(Row::parse(r#"{"system":"x"}"#).is_err());
     }
 
@@ -548,6 +569,20 @@ mod tests {
             .unwrap();
         assert!(!target.met, "0.67× the ceiling is below 0.8×");
         assert!(s.render().contains("50,000–70,000 (3)"), "{}", s.render());
+        let with_cpu = |us| Row {
+            cpu_us_per_op: us,
+            ..row("causalkv", "write", 1.0, 1.0)
+        };
+        let s = Summary::new(vec![
+            with_cpu(Some(30.0)),
+            with_cpu(None),
+            with_cpu(Some(20.0)),
+        ]);
+        assert_eq!(
+            s.find("causalkv", "write").unwrap().cpu_us_per_op,
+            Some(25.0)
+        );
+        assert!(s.render().contains("        25.0"), "{}", s.render());
         assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
     }
 

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use super::BenchError;
+use super::cpu;
 use super::driver::Driver;
 use super::progress::{Goal, Progress};
 use super::stats::{Recorder, Status};
@@ -38,6 +39,8 @@ pub struct Plan {
     pub ops: Option<u64>,
     pub prepopulate: bool,
     pub seed: u64,
+    /// The servers whose CPU time the measured period is charged (see `cpu`).
+    pub server_pids: Vec<u32>,
 }
 
 /// The key names `0..count`.
@@ -63,6 +66,8 @@ pub struct Measured {
     pub prepopulation: Option<Prepopulation>,
     /// The sessions as they ended (with their latest metadata).
     pub sessions: Vec<Session>,
+    /// The CPU time of `Plan::server_pids` over the measured period (`None` without).
+    pub server_cpu: Option<Duration>,
 }
 
 /// Runs the plan against the driver.
@@ -79,12 +84,14 @@ pub async fn run(
     } else {
         None
     };
-    let (recorder, elapsed, sessions) = measure(&driver, &plan, sessions, progress).await?;
+    let (recorder, elapsed, sessions, server_cpu) =
+        measure(&driver, &plan, sessions, progress).await?;
     Ok(Measured {
         recorder,
         elapsed,
         prepopulation,
         sessions,
+        server_cpu,
     })
 }
 
@@ -158,7 +165,7 @@ async fn measure(
     plan: &Arc<Plan>,
     sessions: Vec<Session>,
     progress: &Progress,
-) -> Result<(Recorder, Duration, Vec<Session>), BenchError> {
+) -> Result<(Recorder, Duration, Vec<Session>, Option<Duration>), BenchError> {
     let start = Instant::now();
     let warm_end = start + plan.warmup;
     let shared = Arc::new(Shared {
@@ -196,7 +203,21 @@ async fn measure(
         },
     };
     let _ticker = progress.phase("measure", goal, shared.done.clone());
-    collect(tasks, warm_end).await
+    let cpu_before = server_cpu(&plan.server_pids)?;
+    let (recorder, elapsed, sessions) = collect(tasks, warm_end).await?;
+    let cpu = match cpu_before {
+        Some(before) => server_cpu(&plan.server_pids)?.map(|after| after.saturating_sub(before)),
+        None => None,
+    };
+    Ok((recorder, elapsed, sessions, cpu))
+}
+
+/// The CPU time `pids` used so far; `None` when no server is named.
+fn server_cpu(pids: &[u32]) -> Result<Option<Duration>, BenchError> {
+    match pids.is_empty() {
+        true => Ok(None),
+        false => cpu::used_by(pids).map(Some),
+    }
 }
 
 /// Joins the sessions; merges their records in session order.

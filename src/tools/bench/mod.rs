@@ -18,7 +18,7 @@
 //!
 //! Modules: [`workload`] (operation mix, key distributions), [`driver`] (one request to a
 //! target), [`load`] (the closed loop), [`stats`] and [`report`] (what is measured and
-//! shown), [`progress`] (the bar), [`compare`] and `chart` (comparisons; `chart`, the only
+//! shown), [`cpu`] (the servers' CPU time per operation), [`progress`] (the bar), [`compare`] and `chart` (comparisons; `chart`, the only
 //! user of plotters, is built with the `charts` feature alone), [`scale`] with
 //! [`recovery`], [`pressure`] and [`scrape`] (what it reads of `/metrics` and `/health`).
 
@@ -26,6 +26,7 @@ pub mod ceiling;
 #[cfg(feature = "charts")]
 pub mod chart;
 pub mod compare;
+pub mod cpu;
 pub mod driver;
 pub mod load;
 pub mod pressure;
@@ -111,6 +112,11 @@ pub struct BenchArgs {
     /// Print the report as JSON on stdout (and no progress bar).
     #[arg(long)]
     pub json: bool,
+    /// Processes of the servers under load (comma-separated PIDs): the report then gives
+    /// the CPU time they spent per operation in the measured period (from
+    /// `/proc/PID/stat`), a figure far steadier from run to run than throughput.
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
     /// Name of the system in the report [default: the target].
     #[arg(long)]
     pub label: Option<String>,
@@ -288,6 +294,7 @@ fn plan(args: &BenchArgs) -> Plan {
         ops: args.ops,
         prepopulate: args.prepopulate,
         seed: args.seed,
+        server_pids: args.server_pids.clone(),
     }
 }
 

@@ -120,6 +120,7 @@ fn plan(args: &BenchArgs, workload: Workload, duration: Duration, seed: u64) -> 
         ops: Some(MAX_OPS),
         prepopulate: false,
         seed: args.seed ^ seed,
+        server_pids: Vec::new(),
     })
 }
 

@@ -35,6 +35,17 @@ pub struct Report {
     pub overall: KindReport,
     pub read: Option<KindReport>,
     pub update: Option<KindReport>,
+    /// The servers' CPU time in the measured period (with `--server-pids`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu: Option<ServerCpu>,
+}
+
+/// The CPU time the servers named by `--server-pids` used in the measured period.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServerCpu {
+    pub seconds: f64,
+    /// Per operation finished in the period (every operation, answered or not).
+    pub us_per_op: f64,
 }
 
 /// The parameters of a run, as the report shows them.
@@ -77,6 +88,10 @@ impl Report {
             throughput_ops_s: overall.ops_per_sec,
             read: kind(&measured.recorder.read),
             update: kind(&measured.recorder.update),
+            server_cpu: measured.server_cpu.map(|cpu| ServerCpu {
+                seconds: cpu.as_secs_f64(),
+                us_per_op: cpu.as_secs_f64() * 1e6 / (overall.ops.max(1) as f64),
+            }),
             overall,
         }
     }
@@ -119,6 +134,13 @@ impl Report {
             group_digits(self.throughput_ops_s.round() as u64),
             group_digits(self.overall.ops)
         );
+        if let Some(cpu) = &self.server_cpu {
+            let _ = writeln!(
+                out,
+                "servers' CPU time: {:.2} s, {:.1} µs per operation\n",
+                cpu.seconds, cpu.us_per_op
+            );
+        }
         out.push_str(&self.latency_table());
         out.push('\n');
         out.push_str(&self.status_lines());
@@ -246,6 +268,7 @@ mod tests {
                 failed: 0,
             }),
             sessions: Vec::new(),
+            server_cpu: Some(Duration::from_millis(90)),
         };
         let info = RunInfo {
             system: "causalkv".into(),
@@ -278,6 +301,9 @@ mod tests {
         );
         assert_eq!(r.workload, "B");
         assert_eq!(r.read_percent, 95);
+        // 90 ms of the servers' CPU over 100 operations.
+        let cpu = r.server_cpu.as_ref().unwrap();
+        assert!((cpu.us_per_op - 900.0).abs() < 1e-6, "{cpu:?}");
     }
 
     #[test]
@@ -298,6 +324,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("throughput: 50 ops/s (100 ops)"), "{text}");
+        assert!(
+            text.contains("servers' CPU time: 0.09 s, 900.0 µs per operation"),
+            "{text}"
+        );
         let rows: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("read ") || l.starts_with("update ") || l.starts_with("all "))
